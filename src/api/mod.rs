@@ -1,0 +1,172 @@
+//! The HTTP surface: routes, middleware and the OpenAPI document, all built
+//! from the handlers' annotations so the spec cannot drift from the code.
+
+mod ops;
+mod rooms;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::{Error, ProblemDetails};
+use crate::state::AppState;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "metacast",
+        description = "Room, session and connection metadata for realtime apps: versioned JSON \
+                       documents behind a JWT-authorized, permission-checked REST API.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ProblemDetails)),
+    tags(
+        (name = "rooms", description = "Rooms and their durable metadata document"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// Registers the `bearer` security scheme the protected operations refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.bearer_format = Some("JWT".to_owned());
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        // Room metadata and the room envelope.
+        .merge(rooms::router())
+        // Health, readiness and metrics: no authentication.
+        .merge(ops::router())
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+/// The complete application: routes, docs and middleware.
+pub fn router(state: AppState) -> Router {
+    let (routes, api) = api_router().split_for_parts();
+    let settings = state.settings.clone();
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(cors(&settings.cors_origins))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes));
+    let timeout = settings.request_timeout;
+    routes
+        // SwaggerUi serves /openapi.json itself; a second route would panic.
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(move |request, next| {
+            with_timeout(timeout, request, next)
+        }))
+        .layer(middleware::from_fn(crate::metrics::track))
+        .layer(middleware)
+        .with_state(state)
+}
+
+fn request_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or(request.uri().path(), |path| path.as_str());
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route,
+        request_id,
+        user_id = tracing::field::Empty,
+        room_id = tracing::field::Empty,
+    )
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        // Credentials (the cookie mode) forbid a literal `*`: echo the origin.
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Bounds the time to answer, including reading the body, with a problem body.
+async fn with_timeout(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Error::client(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            format!("the request took longer than {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+async fn unknown_route() -> Error {
+    Error::not_found("unknown-route", "no such endpoint; see /docs")
+}
+
+async fn method_not_allowed() -> Error {
+    Error::client(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not support the method; see /docs",
+    )
+}

@@ -1,0 +1,64 @@
+//! Wiring: from [`Settings`] to a running server.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::auth::JwtKeys;
+use crate::config::Settings;
+use crate::lifecycle::Lifecycle;
+use crate::state::AppState;
+
+/// Assembles the shared state from already-connected stores.
+pub fn build_state(
+    settings: Settings,
+    db: PgPool,
+    redis: ConnectionManager,
+) -> anyhow::Result<AppState> {
+    let keys = JwtKeys::new(&settings.jwt)?;
+    Ok(AppState {
+        db,
+        redis,
+        settings: Arc::new(settings),
+        keys: Arc::new(keys),
+        lifecycle: Lifecycle::default(),
+        metrics: crate::metrics::handle(),
+    })
+}
+
+/// Connects to Postgres (creating and migrating the database) and Redis.
+pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
+    // Fail on key problems before touching any store.
+    JwtKeys::new(&settings.jwt)?;
+    let db = crate::db::connect_and_migrate(&settings).await?;
+    let redis = crate::cache::connect(&settings)?;
+    build_state(settings, db, redis)
+}
+
+/// Binds the listener; separate from [`serve`] so callers can print the
+/// address (and `--dev` its token) once the port is really ours.
+pub async fn bind(state: &AppState) -> anyhow::Result<TcpListener> {
+    let addr = state.settings.listen;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("METACAST_LISTEN: cannot listen on {addr}"))
+}
+
+/// Serves until SIGTERM / ctrl-c, draining first so load balancers move away.
+pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
+    let lifecycle = state.lifecycle.clone();
+    tokio::spawn(
+        lifecycle
+            .clone()
+            .stop_on_signal(state.settings.shutdown_drain),
+    );
+    let app = crate::api::router(state);
+    tracing::info!(addr = %listener.local_addr()?, "metacast listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { lifecycle.stopped().await })
+        .await
+        .context("serving HTTP")
+}

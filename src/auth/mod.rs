@@ -1,0 +1,9 @@
+//! Authentication (JWT verification) and authorization (room permissions).
+
+mod claims;
+mod extract;
+mod keys;
+
+pub use claims::{Action, Claims, MetacastClaim, Permissions, RoomAccessFilter, RoomPattern};
+pub use extract::{AuthUser, Delete, Read, RoomAccess, RoomAction, WriteRoom};
+pub use keys::{JwtKeys, JwtSettings, TokenRequest};

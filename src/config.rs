@@ -1,0 +1,231 @@
+//! Settings from the environment (and a `.env` file, which never overrides
+//! it), validated at start-up: a bad value fails fast with one line naming
+//! the variable.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+
+use crate::auth::JwtSettings;
+use crate::document::DocumentLimits;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Everything `metacast serve` needs.
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: SecretString,
+    pub redis_url: SecretString,
+    pub listen: SocketAddr,
+    pub jwt: JwtSettings,
+    /// Prefix of every Redis key and channel this instance uses.
+    pub redis_prefix: String,
+    pub limits: DocumentLimits,
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS; `*` allows any origin.
+    pub cors_origins: Vec<String>,
+    pub log_format: LogFormat,
+    pub db_max_connections: u32,
+    /// How long a request waits for a Postgres connection before a 503.
+    pub db_acquire_timeout: Duration,
+    /// Upper bound for answering a (non-streaming) request.
+    pub request_timeout: Duration,
+    /// After SIGTERM, how long `/readyz` reports 503 while requests are still
+    /// served, so load balancers stop sending traffic before we close.
+    pub shutdown_drain: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment (after loading `.env`, if present).
+    pub fn from_env() -> anyhow::Result<Self> {
+        // A missing .env is normal; a malformed one is an error worth reporting.
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(err) if err.not_found() => {}
+            Err(err) => return Err(err).context(".env"),
+        }
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds settings from any variable source (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let env = Env(&lookup);
+        let limits = DocumentLimits {
+            max_bytes: env.parse("METACAST_MAX_DOCUMENT_BYTES", 64 * 1024)?,
+            max_depth: env.parse("METACAST_MAX_DOCUMENT_DEPTH", 32)?,
+        };
+        let settings = Self {
+            database_url: env
+                .string(
+                    "DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/metacast",
+                )
+                .into(),
+            redis_url: env.string("REDIS_URL", "redis://127.0.0.1:6379").into(),
+            listen: env.parse("METACAST_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            jwt: JwtSettings {
+                secret: env.optional("METACAST_JWT_SECRET").map(SecretString::from),
+                public_keys: public_keys(env.optional("METACAST_JWT_PUBLIC_KEYS"))?,
+                issuer: env.optional("METACAST_JWT_ISSUER"),
+                audience: env.optional("METACAST_JWT_AUDIENCE"),
+            },
+            redis_prefix: env.string("METACAST_REDIS_PREFIX", "metacast:"),
+            limits,
+            max_body_bytes: env.parse("METACAST_MAX_BODY_BYTES", 1024 * 1024)?,
+            cors_origins: env
+                .optional("METACAST_CORS_ORIGINS")
+                .map(|list| split_list(&list))
+                .unwrap_or_default(),
+            log_format: match env.string("METACAST_LOG_FORMAT", "pretty").as_str() {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                other => bail!("METACAST_LOG_FORMAT: expected pretty or json, got {other:?}"),
+            },
+            db_max_connections: env.parse("METACAST_DB_MAX_CONNECTIONS", 16)?,
+            db_acquire_timeout: Duration::from_millis(
+                env.parse("METACAST_DB_ACQUIRE_TIMEOUT_MS", 1000)?,
+            ),
+            request_timeout: Duration::from_secs(env.parse("METACAST_REQUEST_TIMEOUT_SECS", 30)?),
+            shutdown_drain: Duration::from_secs(env.parse("METACAST_SHUTDOWN_DRAIN_SECS", 5)?),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.limits.max_bytes == 0 {
+            bail!("METACAST_MAX_DOCUMENT_BYTES must be positive");
+        }
+        if !(1..=128).contains(&self.limits.max_depth) {
+            bail!("METACAST_MAX_DOCUMENT_DEPTH must be between 1 and 128");
+        }
+        if self.max_body_bytes == 0 {
+            bail!("METACAST_MAX_BODY_BYTES must be positive");
+        }
+        if self.db_max_connections == 0 {
+            bail!("METACAST_DB_MAX_CONNECTIONS must be positive");
+        }
+        if self.redis_prefix.contains(['{', '}']) {
+            bail!(
+                "METACAST_REDIS_PREFIX must not contain braces (they select Redis Cluster hash slots)"
+            );
+        }
+        Ok(())
+    }
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    /// The variable, treating an empty value as unset.
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.optional(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parse<T: FromStr>(&self, name: &str, default: T) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|err| anyhow::anyhow!("{name}: cannot parse {raw:?}: {err}")),
+        }
+    }
+}
+
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `kid=/path/key.pem,kid2=/path/other.pem`, read now so a missing file fails at start.
+fn public_keys(list: Option<String>) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    split_list(&list)
+        .into_iter()
+        .map(|entry| {
+            let (kid, path) = entry.split_once('=').with_context(|| {
+                format!("METACAST_JWT_PUBLIC_KEYS: expected kid=path, got {entry:?}")
+            })?;
+            let pem = std::fs::read(path.trim())
+                .with_context(|| format!("METACAST_JWT_PUBLIC_KEYS: cannot read {path:?}"))?;
+            Ok((kid.trim().to_owned(), pem))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.redis_prefix, "metacast:");
+        assert_eq!(s.limits, DocumentLimits::default());
+        assert_eq!(s.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let err = settings(&[("METACAST_LISTEN", "nowhere")]).err().unwrap();
+        assert!(err.to_string().starts_with("METACAST_LISTEN"), "{err}");
+        let err = settings(&[("METACAST_MAX_DOCUMENT_DEPTH", "0")])
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("METACAST_MAX_DOCUMENT_DEPTH"),
+            "{err}"
+        );
+        let err = settings(&[("METACAST_JWT_PUBLIC_KEYS", "k=/does/not/exist")])
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("METACAST_JWT_PUBLIC_KEYS"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn cors_origins_are_a_list() {
+        let s = settings(&[(
+            "METACAST_CORS_ORIGINS",
+            "https://a.example, https://b.example",
+        )])
+        .unwrap();
+        assert_eq!(s.cors_origins, ["https://a.example", "https://b.example"]);
+    }
+}

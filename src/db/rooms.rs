@@ -1,0 +1,145 @@
+//! Queries on `rooms`. Every function takes an executor; handlers own the
+//! transactions.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{FromRow, PgConnection, PgExecutor};
+
+use crate::auth::RoomAccessFilter;
+
+/// A room as stored, tombstones included.
+#[derive(Debug, Clone, FromRow)]
+pub struct RoomRow {
+    pub id: String,
+    pub metadata: Json<Value>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl RoomRow {
+    /// Whether the room exists (is not a tombstone).
+    pub fn is_live(&self) -> bool {
+        self.deleted_at.is_none()
+    }
+}
+
+/// A live room, or `None`.
+#[tracing::instrument(skip_all, fields(room_id = id))]
+pub async fn find(executor: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Option<RoomRow>> {
+    sqlx::query_as(
+        "select id, metadata, version, created_at, updated_at, deleted_at
+         from rooms where id = $1 and deleted_at is null",
+    )
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Locks the room's row (live or tombstone) for the rest of the transaction.
+#[tracing::instrument(skip_all, fields(room_id = id))]
+pub async fn lock(conn: &mut PgConnection, id: &str) -> sqlx::Result<Option<RoomRow>> {
+    sqlx::query_as(
+        "select id, metadata, version, created_at, updated_at, deleted_at
+         from rooms where id = $1 for update",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Locks the room's row, first inserting a tombstone at version 0 if there is
+/// none. Concurrent creators wait on the unique key instead of failing, and
+/// the tombstone disappears with the transaction unless a write revives it.
+#[tracing::instrument(skip_all, fields(room_id = id))]
+pub async fn lock_or_insert(conn: &mut PgConnection, id: &str) -> sqlx::Result<RoomRow> {
+    sqlx::query(
+        "insert into rooms (id, metadata, version, deleted_at)
+         values ($1, '{}', 0, now())
+         on conflict (id) do nothing",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    lock(conn, id).await?.ok_or(sqlx::Error::RowNotFound)
+}
+
+/// Stores a new document and version, reviving a tombstone (a revived room
+/// gets a fresh `created_at`).
+#[tracing::instrument(skip_all, fields(room_id = id, version))]
+pub async fn store_metadata(
+    conn: &mut PgConnection,
+    id: &str,
+    metadata: &Value,
+    version: i64,
+) -> sqlx::Result<RoomRow> {
+    sqlx::query_as(
+        "update rooms
+         set metadata = $2, version = $3, deleted_at = null,
+             created_at = case when deleted_at is null then created_at else now() end
+         where id = $1
+         returning id, metadata, version, created_at, updated_at, deleted_at",
+    )
+    .bind(id)
+    .bind(Json(metadata))
+    .bind(version)
+    .fetch_one(conn)
+    .await
+}
+
+/// Turns a live room into a tombstone: its document goes, its version stays.
+#[tracing::instrument(skip_all, fields(room_id = id))]
+pub async fn tombstone(conn: &mut PgConnection, id: &str) -> sqlx::Result<()> {
+    sqlx::query("update rooms set metadata = '{}', deleted_at = now() where id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Filters of a room listing.
+#[derive(Debug, Clone)]
+pub struct ListQuery<'a> {
+    pub access: &'a RoomAccessFilter,
+    pub prefix: Option<&'a str>,
+    /// A Postgres jsonpath predicate over the metadata.
+    pub filter: Option<&'a str>,
+    /// Only rooms whose id sorts after this one.
+    pub after: Option<&'a str>,
+    pub limit: i64,
+}
+
+/// Live rooms matching `query`, in id order.
+#[tracing::instrument(skip_all)]
+pub async fn list(conn: &mut PgConnection, query: &ListQuery<'_>) -> sqlx::Result<Vec<RoomRow>> {
+    let (all, exact, prefixes) = match query.access {
+        RoomAccessFilter::All => (true, &[][..], &[][..]),
+        RoomAccessFilter::Some { exact, prefixes } => (false, &exact[..], &prefixes[..]),
+    };
+    // `id >= prefix` lets the primary key narrow the scan; starts_with() is
+    // exact where LIKE would treat `_` in room ids as a wildcard.
+    sqlx::query_as(
+        "select id, metadata, version, created_at, updated_at, deleted_at
+         from rooms
+         where deleted_at is null
+           and ($1::text is null or (id >= $1 and starts_with(id, $1)))
+           and ($2 or id = any($3)
+                or exists (select 1 from unnest($4::text[]) as p(prefix)
+                           where starts_with(rooms.id, p.prefix)))
+           and ($5::text is null or metadata @@ $5::text::jsonpath)
+           and ($6::text is null or id > $6)
+         order by id
+         limit $7",
+    )
+    .bind(query.prefix)
+    .bind(all)
+    .bind(exact)
+    .bind(prefixes)
+    .bind(query.filter)
+    .bind(query.after)
+    .bind(query.limit)
+    .fetch_all(conn)
+    .await
+}

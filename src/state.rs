@@ -1,0 +1,28 @@
+//! The state every handler shares; cheap to clone.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::auth::JwtKeys;
+use crate::config::Settings;
+use crate::lifecycle::Lifecycle;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub redis: ConnectionManager,
+    pub settings: Arc<Settings>,
+    pub keys: Arc<JwtKeys>,
+    pub lifecycle: Lifecycle,
+    pub metrics: PrometheusHandle,
+}
+
+impl FromRef<AppState> for Arc<JwtKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
