@@ -92,7 +92,11 @@ impl RoomPattern {
 /// The claims metacast reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    // Defaults only let the verifier's own required-claim check run (and
+    // name the missing claim); a token without `sub` or `exp` is refused.
+    #[serde(default)]
     pub sub: String,
+    #[serde(default)]
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,

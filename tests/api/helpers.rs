@@ -1,0 +1,243 @@
+//! `TestApp`: one isolated application per test, and a small request builder.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use metacast::auth::{MetacastClaim, TokenRequest};
+use metacast::config::Settings;
+use metacast::state::AppState;
+use serde_json::Value;
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+/// The HS256 secret every test app accepts.
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+pub struct TestApp {
+    pub state: AppState,
+    router: Router,
+}
+
+/// Default settings for tests: the test secret and a Redis prefix of its own.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::from_lookup(|name| match name {
+        "REDIS_URL" => std::env::var("REDIS_URL").ok(),
+        _ => None,
+    })
+    .expect("default settings are valid");
+    settings.jwt.secret = Some(SECRET.into());
+    settings.redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    settings.shutdown_drain = Duration::ZERO;
+    settings
+}
+
+impl TestApp {
+    /// An app on the test's own database with default settings.
+    pub async fn new(pool: PgPool) -> Self {
+        Self::with_settings(pool, test_settings()).await
+    }
+
+    /// An app on the test's own database with the given settings.
+    pub async fn with_settings(pool: PgPool, settings: Settings) -> Self {
+        let redis = metacast::cache::connect(&settings).expect("redis client");
+        let state = metacast::app::build_state(settings, pool, redis).expect("valid state");
+        let router = metacast::api::router(state.clone());
+        Self { state, router }
+    }
+
+    /// A token for `sub` with the given claim, signed with the test secret.
+    pub fn token(&self, sub: &str, claim: MetacastClaim) -> String {
+        self.state
+            .keys
+            .mint(&TokenRequest {
+                subject: sub.to_owned(),
+                claim,
+                ttl: Duration::from_secs(600),
+            })
+            .expect("mintable token")
+    }
+
+    /// An admin token.
+    pub fn admin(&self) -> String {
+        self.token(
+            "admin",
+            MetacastClaim {
+                admin: true,
+                ..MetacastClaim::default()
+            },
+        )
+    }
+
+    /// A token allowing `actions` on each of `patterns`.
+    pub fn token_for(&self, sub: &str, grants: &[(&str, &[&str])]) -> String {
+        self.token(
+            sub,
+            MetacastClaim {
+                rooms: grants
+                    .iter()
+                    .map(|(pattern, actions)| {
+                        (
+                            pattern.to_string(),
+                            actions.iter().map(|a| a.to_string()).collect(),
+                        )
+                    })
+                    .collect(),
+                ..MetacastClaim::default()
+            },
+        )
+    }
+
+    pub fn request(&self, method: Method, uri: &str) -> TestRequest {
+        TestRequest {
+            router: self.router.clone(),
+            builder: Request::builder().method(method).uri(uri),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn get(&self, uri: &str) -> TestRequest {
+        self.request(Method::GET, uri)
+    }
+
+    pub fn put(&self, uri: &str) -> TestRequest {
+        self.request(Method::PUT, uri)
+    }
+
+    pub fn patch(&self, uri: &str) -> TestRequest {
+        self.request(Method::PATCH, uri)
+    }
+
+    pub fn delete(&self, uri: &str) -> TestRequest {
+        self.request(Method::DELETE, uri)
+    }
+
+    /// Creates a room with `doc` as admin and returns its version.
+    pub async fn create_room(&self, room: &str, doc: Value) -> i64 {
+        let response = self
+            .put(&format!("/v1/rooms/{room}/metadata"))
+            .bearer(&self.admin())
+            .json(&doc)
+            .send()
+            .await;
+        assert!(response.status.is_success(), "{response:?}");
+        response.version()
+    }
+}
+
+pub struct TestRequest {
+    router: Router,
+    builder: axum::http::request::Builder,
+    body: Vec<u8>,
+}
+
+impl TestRequest {
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    pub fn bearer(self, token: &str) -> Self {
+        self.header("authorization", &format!("Bearer {token}"))
+    }
+
+    pub fn if_match(self, version: i64) -> Self {
+        self.header("if-match", &format!("\"{version}\""))
+    }
+
+    /// A JSON body with `Content-Type: application/json`.
+    pub fn json(self, body: &Value) -> Self {
+        self.body("application/json", body.to_string())
+    }
+
+    /// A body with the given `Content-Type`.
+    pub fn body(mut self, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        self.builder = self.builder.header(header::CONTENT_TYPE, content_type);
+        self.body = body.into();
+        self
+    }
+
+    /// Raw body bytes without a `Content-Type`.
+    pub fn raw_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub async fn send(self) -> TestResponse {
+        let request = self
+            .builder
+            .body(Body::from(self.body))
+            .expect("valid request");
+        let response = self.router.oneshot(request).await.expect("infallible");
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: bytes.to_vec(),
+        }
+    }
+}
+
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for TestResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} {}",
+            self.status,
+            self.headers,
+            String::from_utf8_lossy(&self.body)
+        )
+    }
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {self:?}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The version from `ETag: "<n>"`.
+    pub fn version(&self) -> i64 {
+        let etag = self
+            .header("etag")
+            .unwrap_or_else(|| panic!("no ETag: {self:?}"));
+        etag.trim_matches('"')
+            .parse()
+            .unwrap_or_else(|_| panic!("ETag {etag} is not a version"))
+    }
+
+    /// Asserts a problem+json answer with `status` and `code`.
+    #[track_caller]
+    pub fn assert_problem(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        let body = self.json();
+        assert_eq!(body["code"], code, "{self:?}");
+        assert_eq!(body["status"], status.as_u16(), "{self:?}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{self:?}"
+        );
+        assert!(
+            body["title"].is_string() && body["type"].is_string(),
+            "{self:?}"
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! Integration tests: the application in-process, driven over HTTP the way a
+//! client sees it, against real Postgres (a database per test, via
+//! `#[sqlx::test]`) and real Redis (a key prefix per test).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, a panic is the failure report"
+)]
+
+mod auth;
+mod concurrency;
+mod errors;
+mod helpers;
+mod openapi;
+mod ops;
+mod rooms;
