@@ -22,6 +22,7 @@ pub fn build_state(
     Ok(AppState {
         db,
         redis,
+        redis_keys: crate::cache::Keys::new(&settings.redis_prefix),
         settings: Arc::new(settings),
         keys: Arc::new(keys),
         lifecycle: Lifecycle::default(),
@@ -55,6 +56,7 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
             .clone()
             .stop_on_signal(state.settings.shutdown_drain),
     );
+    crate::presence::sweeper::spawn(state.clone());
     let app = crate::api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "metacast listening");
     axum::serve(listener, app)

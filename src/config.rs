@@ -43,6 +43,28 @@ pub struct Settings {
     /// After SIGTERM, how long `/readyz` reports 503 while requests are still
     /// served, so load balancers stop sending traffic before we close.
     pub shutdown_drain: Duration,
+    pub presence: PresenceSettings,
+}
+
+/// Connections, leases, occupancy and sessions.
+#[derive(Debug, Clone)]
+pub struct PresenceSettings {
+    /// Lease of a connection created without `ttl_seconds`.
+    pub default_ttl: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub max_connections_per_subject: usize,
+    pub max_rooms_per_connection: usize,
+    /// How often each instance sweeps expired leases.
+    pub sweep_interval: Duration,
+    /// How often each instance reconciles sessions between Redis and Postgres.
+    pub reconcile_interval: Duration,
+    /// Whether a join creates a room that does not exist (else 404).
+    pub auto_create_rooms: bool,
+    /// Events kept per room stream.
+    pub event_history: usize,
+    /// How long events are kept in the outbox.
+    pub event_retention: Duration,
 }
 
 impl Settings {
@@ -97,6 +119,25 @@ impl Settings {
             ),
             request_timeout: Duration::from_secs(env.parse("METACAST_REQUEST_TIMEOUT_SECS", 30)?),
             shutdown_drain: Duration::from_secs(env.parse("METACAST_SHUTDOWN_DRAIN_SECS", 5)?),
+            presence: PresenceSettings {
+                default_ttl: Duration::from_secs(env.parse("METACAST_CONNECTION_TTL_SECS", 30)?),
+                min_ttl: Duration::from_secs(env.parse("METACAST_CONNECTION_TTL_MIN_SECS", 1)?),
+                max_ttl: Duration::from_secs(env.parse("METACAST_CONNECTION_TTL_MAX_SECS", 3600)?),
+                max_connections_per_subject: env
+                    .parse("METACAST_MAX_CONNECTIONS_PER_SUBJECT", 64)?,
+                max_rooms_per_connection: env.parse("METACAST_MAX_ROOMS_PER_CONNECTION", 64)?,
+                sweep_interval: Duration::from_millis(
+                    env.parse("METACAST_SWEEP_INTERVAL_MS", 1000)?,
+                ),
+                reconcile_interval: Duration::from_secs(
+                    env.parse("METACAST_RECONCILE_INTERVAL_SECS", 10)?,
+                ),
+                auto_create_rooms: env.parse("METACAST_AUTO_CREATE_ROOMS", true)?,
+                event_history: env.parse("METACAST_EVENT_HISTORY", 1000)?,
+                event_retention: Duration::from_secs(
+                    env.parse("METACAST_EVENT_RETENTION_SECS", 3600)?,
+                ),
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -114,6 +155,23 @@ impl Settings {
         }
         if self.db_max_connections == 0 {
             bail!("METACAST_DB_MAX_CONNECTIONS must be positive");
+        }
+        let presence = &self.presence;
+        if presence.min_ttl.is_zero() || presence.min_ttl > presence.max_ttl {
+            bail!(
+                "METACAST_CONNECTION_TTL_MIN_SECS must be positive and at most METACAST_CONNECTION_TTL_MAX_SECS"
+            );
+        }
+        if !(presence.min_ttl..=presence.max_ttl).contains(&presence.default_ttl) {
+            bail!("METACAST_CONNECTION_TTL_SECS must lie within the TTL bounds");
+        }
+        if presence.sweep_interval.is_zero() || presence.reconcile_interval.is_zero() {
+            bail!(
+                "METACAST_SWEEP_INTERVAL_MS and METACAST_RECONCILE_INTERVAL_SECS must be positive"
+            );
+        }
+        if presence.event_history == 0 {
+            bail!("METACAST_EVENT_HISTORY must be positive");
         }
         if self.redis_prefix.contains(['{', '}']) {
             bail!(

@@ -56,6 +56,20 @@ pub fn is_room_id_tail_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-')
 }
 
+/// Parses a server-issued id (connection or session): a UUID, returned in its
+/// canonical lower-case hyphenated form.
+pub fn parse_uuid(raw: &str, what: &'static str) -> Result<uuid::Uuid, Error> {
+    uuid::Uuid::try_parse(raw).map_err(|_| {
+        Error::bad_request(
+            match what {
+                "session" => "invalid-session-id",
+                _ => "invalid-connection-id",
+            },
+            format!("{what} ids are UUIDs such as 01937b2e-8f4a-7cc3-9a6e-3c1b5d2f4e6a"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +96,13 @@ mod tests {
         ] {
             assert!(!is_valid_room_id(id), "{id:?} should be invalid");
         }
+    }
+
+    #[test]
+    fn uuids_are_validated() {
+        assert!(parse_uuid("01937b2e-8f4a-7cc3-9a6e-3c1b5d2f4e6a", "connection").is_ok());
+        assert!(parse_uuid("lobby", "connection").is_err());
+        assert!(parse_uuid("", "session").is_err());
     }
 
     #[test]

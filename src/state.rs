@@ -8,6 +8,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::auth::JwtKeys;
+use crate::cache::Keys;
 use crate::config::Settings;
 use crate::lifecycle::Lifecycle;
 
@@ -15,6 +16,8 @@ use crate::lifecycle::Lifecycle;
 pub struct AppState {
     pub db: PgPool,
     pub redis: ConnectionManager,
+    /// Names of this instance's Redis keys (under the configured prefix).
+    pub redis_keys: Keys,
     pub settings: Arc<Settings>,
     pub keys: Arc<JwtKeys>,
     pub lifecycle: Lifecycle,

@@ -1,8 +1,12 @@
 //! The HTTP surface: routes, middleware and the OpenAPI document, all built
 //! from the handlers' annotations so the spec cannot drift from the code.
 
+mod connections;
+mod occupancy;
 mod ops;
+mod pagination;
 mod rooms;
+mod sessions;
 
 use std::time::Duration;
 
@@ -37,6 +41,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     components(schemas(ProblemDetails)),
     tags(
         (name = "rooms", description = "Rooms and their durable metadata document"),
+        (name = "presence", description = "Joining and leaving rooms; occupants"),
+        (name = "sessions", description = "A room's sessions: first join to last leave"),
+        (name = "connections", description = "Client connections with leases, and their metadata"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -58,6 +65,12 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         // Room metadata and the room envelope.
         .merge(rooms::router())
+        // Joining, leaving, occupants, clearing a room.
+        .merge(occupancy::router())
+        // The active session, its metadata, and history.
+        .merge(sessions::router())
+        // Connections and their metadata.
+        .merge(connections::router())
         // Health, readiness and metrics: no authentication.
         .merge(ops::router())
 }

@@ -4,25 +4,26 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
+use super::sessions::SessionOut;
 use crate::auth::{Action, AuthUser, Delete, Read, RoomAccess, WriteRoom};
 use crate::db::rooms::{self as db, ListQuery, RoomRow};
+use crate::db::{outbox, sessions};
 use crate::document::{Preconditions, Write, etag};
 use crate::error::{Error, ProblemDetails};
+use crate::events::{self, Event};
 use crate::extract::{Body, Query};
 use crate::ids::RoomId;
+use crate::presence::occupancy;
 use crate::state::AppState;
 
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 500;
 const MAX_WHERE_BYTES: usize = 4096;
 /// Bound on a listing with a `where` filter: `like_regex` can be expensive.
 const WHERE_TIMEOUT: &str = "2s";
@@ -58,32 +59,26 @@ pub struct RoomOut {
     /// Connections currently in the room.
     pub occupancy: u64,
     /// The active session, or null.
-    #[schema(value_type = Option<Object>)]
-    pub session: Option<Value>,
+    pub session: Option<SessionOut>,
 }
 
-impl From<RoomRow> for RoomOut {
-    fn from(row: RoomRow) -> Self {
-        Self {
+impl RoomOut {
+    /// The room with its live occupancy (Redis) and active session (Postgres).
+    async fn load(state: &AppState, row: RoomRow) -> Result<Self, Error> {
+        let occupancy = occupancy::occupancy(state, &row.id).await?;
+        let session = sessions::active(&state.db, &row.id)
+            .await?
+            .map(|session| SessionOut::new(session, occupancy));
+        Ok(Self {
             id: row.id,
             metadata: row.metadata.0,
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
-            // Presence and sessions live in their own module (not built yet):
-            // until then no room has occupants or an active session.
-            occupancy: 0,
-            session: None,
-        }
+            occupancy,
+            session,
+        })
     }
-}
-
-/// One page of rooms.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RoomPage {
-    pub items: Vec<RoomOut>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
 }
 
 /// Filters and paging for `GET /v1/rooms`.
@@ -112,25 +107,31 @@ pub struct ListParams {
     params(ListParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of rooms", body = RoomPage),
+        (status = 200, description = "A page of rooms", body = Page<RoomOut>),
         (status = 400, description = "Bad limit, cursor or where expression", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres or Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 async fn list_rooms(
     user: AuthUser,
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
-) -> Result<Json<RoomPage>, Error> {
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(Error::bad_request(
-            "invalid-limit",
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
-    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+) -> Result<Json<Page<RoomOut>>, Error> {
+    let limit = page_limit(params.limit)?;
+    let after = params
+        .cursor
+        .as_deref()
+        .map(decode_cursor)
+        .transpose()?
+        .map(|id| match RoomId::parse(&id) {
+            Ok(_) => Ok(id),
+            Err(_) => Err(Error::bad_request(
+                "invalid-cursor",
+                "cursor is not one this server issued",
+            )),
+        })
+        .transpose()?;
     if params
         .filter
         .as_ref()
@@ -148,7 +149,7 @@ async fn list_rooms(
         filter: params.filter.as_deref(),
         after: after.as_deref(),
         // One extra row tells whether another page follows.
-        limit: limit + 1,
+        limit: limit as i64 + 1,
     };
     let mut tx = state.db.begin().await?;
     if query.filter.is_some() {
@@ -161,24 +162,17 @@ async fn list_rooms(
         .await
         .map_err(|err| where_error(err, query.filter.is_some()))?;
     tx.commit().await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| URL_SAFE_NO_PAD.encode(&row.id))
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|row| encode_cursor(&row.id))
     } else {
         None
     };
-    Ok(Json(RoomPage {
-        items: rows.into_iter().map(RoomOut::from).collect(),
-        next_cursor,
-    }))
-}
-
-fn decode_cursor(cursor: &str) -> Result<String, Error> {
-    let invalid = || Error::bad_request("invalid-cursor", "cursor is not one this server issued");
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-    let id = String::from_utf8(bytes).map_err(|_| invalid())?;
-    RoomId::parse(&id).map_err(|_| invalid())?;
-    Ok(id)
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        items.push(RoomOut::load(&state, row).await?);
+    }
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// A bad jsonpath is the client's mistake: syntax errors (42601), data
@@ -228,10 +222,12 @@ async fn get_room(
         return Ok(not_modified(row.version));
     }
     let version = row.version;
-    Ok(with_etag(version, Json(RoomOut::from(row))))
+    Ok(with_etag(version, Json(RoomOut::load(&state, row).await?)))
 }
 
-/// Delete a room: its metadata goes; a tombstone keeps its version counter.
+/// Delete a room: every occupant is evicted (`presence.left`, reason
+/// `evicted`), the session ends, then the room and its metadata go; a
+/// tombstone keeps its version counter and its session history stays.
 #[utoipa::path(
     delete, path = "/v1/rooms/{room}", tag = "rooms", operation_id = "rooms.delete",
     params(
@@ -246,7 +242,7 @@ async fn get_room(
         (status = 403, description = "The token does not allow delete on this room", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "No such room", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres or Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 async fn delete_room(
@@ -254,14 +250,36 @@ async fn delete_room(
     preconditions: Preconditions,
     State(state): State<AppState>,
 ) -> Result<StatusCode, Error> {
+    let room = &access.room;
+    let actor = access.user.subject.as_str();
+    let row = find_room(&state, room).await?;
+    preconditions.check_write(Some(row.version))?;
+    occupancy::evict_all(&state, room.as_str(), actor).await?;
+
     let mut tx = state.db.begin().await?;
-    let row = db::lock(&mut tx, access.room.as_str())
+    let row = db::lock(&mut tx, room.as_str())
         .await?
         .filter(RoomRow::is_live)
-        .ok_or_else(|| room_not_found(&access.room))?;
+        .ok_or_else(|| room_not_found(room))?;
     preconditions.check_write(Some(row.version))?;
-    db::tombstone(&mut tx, access.room.as_str()).await?;
+    // A join that raced the eviction may have started a new session.
+    let mut durable: Vec<Event> = sessions::end_others(&mut tx, room.as_str(), None)
+        .await?
+        .iter()
+        .map(|session| crate::presence::sessions::ended_event(session, actor))
+        .collect();
+    db::tombstone(&mut tx, room.as_str()).await?;
+    durable.push(Event::new(
+        "room.deleted",
+        room.as_str(),
+        actor,
+        serde_json::json!({}),
+    ));
+    for event in &durable {
+        outbox::record(&mut tx, event).await?;
+    }
     tx.commit().await?;
+    publish(&state, &durable).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -333,8 +351,15 @@ async fn put_room_metadata(
     Body(body): Body,
 ) -> Result<Response, Error> {
     let write = Write::replace(content_type(&headers), &body)?;
-    let (row, created) =
-        write_metadata(&state, &access.room, &preconditions, &write, Absent::Create).await?;
+    let (row, created) = write_metadata(
+        &state,
+        &access.room,
+        &access.user.subject,
+        &preconditions,
+        &write,
+        Absent::Create,
+    )
+    .await?;
     let version = row.version;
     let mut response = with_etag(version, Json(row.metadata.0));
     if created {
@@ -408,6 +433,7 @@ async fn patch_room_metadata(
     let (row, _) = write_metadata(
         &state,
         &access.room,
+        &access.user.subject,
         &preconditions,
         &write,
         Absent::NotFound,
@@ -443,6 +469,7 @@ async fn delete_room_metadata(
     let (row, _) = write_metadata(
         &state,
         &access.room,
+        &access.user.subject,
         &preconditions,
         &Write::reset(),
         Absent::NotFound,
@@ -459,12 +486,13 @@ enum Absent {
 }
 
 /// Applies `write` to the room's document under its row lock: read, check
-/// preconditions, patch, check limits and store happen in one transaction,
-/// so concurrent writers queue instead of overwriting each other.
-/// Returns the stored row and whether the room was created.
+/// preconditions, patch, check limits, store and record the event happen in
+/// one transaction, so concurrent writers queue instead of overwriting each
+/// other. Returns the stored row and whether the room was created.
 async fn write_metadata(
     state: &AppState,
     room: &RoomId,
+    actor: &str,
     preconditions: &Preconditions,
     write: &Write,
     absent: Absent,
@@ -478,39 +506,64 @@ async fn write_metadata(
             .ok_or_else(|| room_not_found(room))?,
     };
     let exists = row.is_live();
-    preconditions.check_write(exists.then_some(row.version))?;
-    let current = if exists {
-        row.metadata.0
-    } else {
-        Value::Object(Map::new())
-    };
-    let document = write.apply(&current)?;
-    state.settings.limits.check(&document)?;
+    let existing = exists.then_some((&row.metadata.0, row.version));
+    let document = write.apply_checked(existing, preconditions, &state.settings.limits)?;
     let stored = db::store_metadata(&mut tx, room.as_str(), &document, row.version + 1).await?;
+    let event = if write.is_reset() {
+        Event::new(
+            "room.metadata.deleted",
+            room.as_str(),
+            actor,
+            serde_json::json!({"version": stored.version}),
+        )
+    } else {
+        Event::metadata_updated(
+            "room.metadata.updated",
+            room.as_str(),
+            actor,
+            stored.version,
+            &stored.metadata.0,
+            write,
+            None,
+        )
+    };
+    outbox::record(&mut tx, &event).await?;
     tx.commit().await?;
+    publish(state, std::slice::from_ref(&event)).await;
     Ok((stored, !exists))
 }
 
-async fn find_room(state: &AppState, room: &RoomId) -> Result<RoomRow, Error> {
+/// Appends committed events to the room stream.
+pub(super) async fn publish(state: &AppState, events: &[Event]) {
+    events::publish_committed(
+        &state.redis,
+        &state.redis_keys,
+        state.settings.presence.event_history,
+        events,
+    )
+    .await;
+}
+
+pub(super) async fn find_room(state: &AppState, room: &RoomId) -> Result<RoomRow, Error> {
     db::find(&state.db, room.as_str())
         .await?
         .ok_or_else(|| room_not_found(room))
 }
 
-fn room_not_found(room: &RoomId) -> Error {
+pub(super) fn room_not_found(room: &RoomId) -> Error {
     Error::not_found("room-not-found", format!("room {room} does not exist"))
 }
 
-fn content_type(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
 }
 
-fn with_etag(version: i64, body: impl IntoResponse) -> Response {
+pub(super) fn with_etag(version: i64, body: impl IntoResponse) -> Response {
     ([(header::ETAG, etag(version))], body).into_response()
 }
 
-fn not_modified(version: i64) -> Response {
+pub(super) fn not_modified(version: i64) -> Response {
     with_etag(version, StatusCode::NOT_MODIFIED)
 }

@@ -71,6 +71,12 @@ pub trait RoomAction {
 
 /// `read`: documents, occupants, history, streams.
 pub struct Read;
+/// `join`: joining a connection to the room.
+pub struct Join;
+/// `write_session`: the active session's metadata.
+pub struct WriteSession;
+/// `moderate`: clearing the room, removing others.
+pub struct Moderate;
 /// `write_room`: room metadata.
 pub struct WriteRoom;
 /// `delete`: deleting the room.
@@ -78,6 +84,15 @@ pub struct Delete;
 
 impl RoomAction for Read {
     const ACTION: Action = Action::Read;
+}
+impl RoomAction for Join {
+    const ACTION: Action = Action::Join;
+}
+impl RoomAction for WriteSession {
+    const ACTION: Action = Action::WriteSession;
+}
+impl RoomAction for Moderate {
+    const ACTION: Action = Action::Moderate;
 }
 impl RoomAction for WriteRoom {
     const ACTION: Action = Action::WriteRoom;
@@ -104,15 +119,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| Error::bad_request("invalid-room-id", "the room id is not valid UTF-8"))?;
-        let raw = params
-            .iter()
-            .find_map(|(name, value)| (name == "room").then_some(value))
-            .ok_or_else(|| anyhow::anyhow!("RoomAccess used on a route without {{room}}"))?;
-        let room = RoomId::parse(raw)?;
-        tracing::Span::current().record("room_id", room.as_str());
+        let RoomPath(room) = RoomPath::from_request_parts(parts, state).await?;
         if !user.permissions.allows(&room, A::ACTION) {
             return Err(Error::forbidden(format!(
                 "the token does not allow {} on room {room}",
@@ -124,5 +131,26 @@ where
             room,
             action: PhantomData,
         })
+    }
+}
+
+/// The validated `{room}` of the path, for handlers whose permission rule is
+/// more than one room action (e.g. "the owner, or `moderate`").
+pub struct RoomPath(pub RoomId);
+
+impl<S: Send + Sync> FromRequestParts<S> for RoomPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Error::bad_request("invalid-room-id", "the room id is not valid UTF-8"))?;
+        let raw = params
+            .iter()
+            .find_map(|(name, value)| (name == "room").then_some(value))
+            .ok_or_else(|| anyhow::anyhow!("RoomPath used on a route without {{room}}"))?;
+        let room = RoomId::parse(raw)?;
+        tracing::Span::current().record("room_id", room.as_str());
+        Ok(Self(room))
     }
 }

@@ -1,7 +1,9 @@
 //! Postgres: the pool, database creation, migrations, and the queries of each
 //! resource (one module per table).
 
+pub mod outbox;
 pub mod rooms;
+pub mod sessions;
 
 use std::str::FromStr;
 

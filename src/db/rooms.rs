@@ -143,3 +143,26 @@ pub async fn list(conn: &mut PgConnection, query: &ListQuery<'_>) -> sqlx::Resul
     .fetch_all(conn)
     .await
 }
+
+/// Locks a room for a session transition. With `create`, a missing or
+/// deleted room is (re)created with `{}` (a new room at version 0; a revived
+/// one continues its version counter); without, `None` unless it is live.
+#[tracing::instrument(skip_all, fields(room_id = id))]
+pub async fn lock_for_session(
+    conn: &mut PgConnection,
+    id: &str,
+    create: bool,
+) -> sqlx::Result<Option<RoomRow>> {
+    if create {
+        sqlx::query(
+            "insert into rooms (id) values ($1)
+             on conflict (id) do update
+             set deleted_at = null, metadata = '{}', version = rooms.version + 1, created_at = now()
+             where rooms.deleted_at is not null",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(lock(conn, id).await?.filter(RoomRow::is_live))
+}

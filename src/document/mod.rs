@@ -10,4 +10,4 @@ mod strategy;
 pub use body::parse_json;
 pub use conditional::{Preconditions, etag};
 pub use limits::DocumentLimits;
-pub use strategy::{Strategy, Write};
+pub use strategy::{Strategy, Write, json_body};

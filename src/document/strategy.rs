@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::body::parse_json;
+use super::{DocumentLimits, Preconditions};
 use crate::error::Error;
 
 const JSON: &str = "application/json";
@@ -39,20 +40,26 @@ pub struct Write {
     strategy: Strategy,
     sent: Value,
     operations: json_patch::Patch,
+    reset: bool,
 }
 
 impl Write {
     /// A `PUT`: the body (`application/json`) replaces the document.
     pub fn replace(content_type: Option<&str>, body: &[u8]) -> Result<Self, Error> {
-        match media_type(content_type).as_deref() {
-            Some(JSON) => Ok(Self::new(Strategy::Replace, parse_json(body)?)),
-            _ => Err(unsupported_media_type(&[JSON])),
-        }
+        Ok(Self::new(Strategy::Replace, json_body(content_type, body)?))
     }
 
     /// A `DELETE` of a document: it becomes `{}`.
     pub fn reset() -> Self {
-        Self::new(Strategy::Replace, Value::Object(Map::new()))
+        Self {
+            reset: true,
+            ..Self::new(Strategy::Replace, Value::Object(Map::new()))
+        }
+    }
+
+    /// Whether this is a `DELETE` of the document (its event differs).
+    pub fn is_reset(&self) -> bool {
+        self.reset
     }
 
     /// A `PATCH`, its strategy picked by `Content-Type` and, for plain JSON,
@@ -110,6 +117,7 @@ impl Write {
             strategy,
             sent,
             operations: json_patch::Patch(Vec::new()),
+            reset: false,
         }
     }
 
@@ -121,6 +129,23 @@ impl Write {
     /// The body exactly as the client sent it.
     pub fn sent(&self) -> &Value {
         &self.sent
+    }
+
+    /// The whole write path of every metadata scope: checks `preconditions`
+    /// against `existing` (document and version; `None` when there is no
+    /// document), applies the write to it (or to `{}`), and checks `limits`
+    /// on the result. Returns the document to store.
+    pub fn apply_checked(
+        &self,
+        existing: Option<(&Value, i64)>,
+        preconditions: &Preconditions,
+        limits: &DocumentLimits,
+    ) -> Result<Value, Error> {
+        preconditions.check_write(existing.map(|(_, version)| version))?;
+        let empty = Value::Object(Map::new());
+        let document = self.apply(existing.map_or(&empty, |(document, _)| document))?;
+        limits.check(&document)?;
+        Ok(document)
     }
 
     /// The document this write turns `current` into. Limits are checked by
@@ -181,6 +206,14 @@ fn patch_error(err: json_patch::PatchError) -> Error {
             "patch-not-applicable",
             format!("JSON Patch cannot be applied to the current document: {err}"),
         ),
+    }
+}
+
+/// An `application/json` request body (415 for any other media type).
+pub fn json_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Error> {
+    match media_type(content_type).as_deref() {
+        Some(JSON) => parse_json(body),
+        _ => Err(unsupported_media_type(&[JSON])),
     }
 }
 

@@ -21,6 +21,28 @@ pub struct TestApp {
     router: Router,
 }
 
+/// Deletes the test's Redis keys (its own prefix), so tests leave nothing behind.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let settings = &self.state.settings;
+        let url = secrecy::ExposeSecret::expose_secret(&settings.redis_url).to_owned();
+        let pattern = format!("{}*", settings.redis_prefix);
+        // Best effort: a test against an unreachable Redis has nothing to clean.
+        let Ok(mut conn) = redis::Client::open(url)
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(500)))
+        else {
+            return;
+        };
+        let keys: Vec<String> = match redis::Commands::scan_match(&mut conn, &pattern) {
+            Ok(iter) => iter.filter_map(Result::ok).collect(),
+            Err(_) => return,
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
 /// Default settings for tests: the test secret and a Redis prefix of its own.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::from_lookup(|name| match name {
@@ -38,6 +60,11 @@ impl TestApp {
     /// An app on the test's own database with default settings.
     pub async fn new(pool: PgPool) -> Self {
         Self::with_settings(pool, test_settings()).await
+    }
+
+    /// A second instance sharing this one's database and Redis prefix.
+    pub async fn another_instance(&self) -> Self {
+        Self::with_settings(self.state.db.clone(), (*self.state.settings).clone()).await
     }
 
     /// An app on the test's own database with the given settings.
@@ -112,6 +139,46 @@ impl TestApp {
 
     pub fn delete(&self, uri: &str) -> TestRequest {
         self.request(Method::DELETE, uri)
+    }
+
+    pub fn post(&self, uri: &str) -> TestRequest {
+        self.request(Method::POST, uri)
+    }
+
+    /// Creates a connection for the token's subject; returns its id.
+    pub async fn connect(&self, token: &str) -> String {
+        let response = self.post("/v1/connections").bearer(token).send().await;
+        assert_eq!(response.status, StatusCode::CREATED, "{response:?}");
+        response.json()["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Joins connection `id` to `room`; returns the answer's status.
+    pub async fn join(&self, token: &str, room: &str, id: &str) -> TestResponse {
+        self.put(&format!("/v1/rooms/{room}/connections/{id}"))
+            .bearer(token)
+            .send()
+            .await
+    }
+
+    /// The events recorded in the room's Redis stream: `(type, data)`, oldest first.
+    pub async fn events(&self, room: &str) -> Vec<(String, Value)> {
+        let mut redis = self.state.redis.clone();
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.state.redis_keys.room_events(room))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .expect("XRANGE");
+        entries
+            .ids
+            .iter()
+            .map(|entry| {
+                let kind: String = entry.get("type").expect("type");
+                let data: String = entry.get("data").expect("data");
+                (kind, serde_json::from_str(&data).expect("JSON data"))
+            })
+            .collect()
     }
 
     /// Creates a room with `doc` as admin and returns its version.

@@ -13,4 +13,5 @@ mod errors;
 mod helpers;
 mod openapi;
 mod ops;
+mod presence;
 mod rooms;

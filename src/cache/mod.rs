@@ -23,3 +23,8 @@ pub fn connect(settings: &Settings) -> anyhow::Result<ConnectionManager> {
         .set_response_timeout(Some(Duration::from_secs(1)));
     ConnectionManager::new_lazy_with_config(client, config).context("REDIS_URL")
 }
+
+pub mod keys;
+pub mod scripts;
+
+pub use keys::Keys;

@@ -1,0 +1,522 @@
+//! Connections: create, read, heartbeat, disconnect, list, and their metadata.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
+use super::rooms::{content_type, not_modified, with_etag};
+use crate::auth::{Action, AuthUser};
+use crate::document::{Preconditions, Write, json_body};
+use crate::error::{Error, ProblemDetails};
+use crate::extract::{Body, Query};
+use crate::ids::{RoomId, parse_uuid};
+use crate::presence::{Connection, connections, occupancy};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_connection, list_connections))
+        .routes(routes!(get_connection, delete_connection))
+        .routes(routes!(heartbeat))
+        .routes(routes!(
+            get_connection_metadata,
+            put_connection_metadata,
+            patch_connection_metadata
+        ))
+}
+
+/// What a caller may do with a connection.
+pub trait ConnectionRule {
+    /// Whether `user` may act on `conn`; only asked of callers who can see it.
+    fn allows(user: &AuthUser, conn: &Connection) -> bool;
+    const DENIED: &'static str;
+}
+
+/// See it: the owner, an admin, or `read` on a room it is in.
+pub struct View;
+/// Heartbeat or disconnect it: the owner or an admin.
+pub struct Manage;
+/// Write its metadata: the owner with `own_metadata`, an admin, or
+/// `moderate` on a room it is in.
+pub struct WriteMetadata;
+
+fn is_owner(user: &AuthUser, conn: &Connection) -> bool {
+    user.permissions.admin || user.subject == conn.owner
+}
+
+fn in_room_with(user: &AuthUser, conn: &Connection, action: Action) -> bool {
+    conn.rooms
+        .keys()
+        .filter_map(|room| RoomId::parse(room).ok())
+        .any(|room| user.permissions.allows(&room, action))
+}
+
+impl ConnectionRule for View {
+    fn allows(user: &AuthUser, conn: &Connection) -> bool {
+        is_owner(user, conn) || in_room_with(user, conn, Action::Read)
+    }
+    const DENIED: &'static str = "not visible";
+}
+
+impl ConnectionRule for Manage {
+    fn allows(user: &AuthUser, conn: &Connection) -> bool {
+        is_owner(user, conn)
+    }
+    const DENIED: &'static str = "only the connection's owner may do this";
+}
+
+impl ConnectionRule for WriteMetadata {
+    fn allows(user: &AuthUser, conn: &Connection) -> bool {
+        user.permissions.admin
+            || (user.subject == conn.owner && user.permissions.own_metadata)
+            || in_room_with(user, conn, Action::Moderate)
+    }
+    const DENIED: &'static str = "writing this connection's metadata needs own_metadata (owner) or moderate in one of its rooms";
+}
+
+/// The connection in the path, loaded and checked against rule `R`: a
+/// connection the caller cannot see is a 404, one it sees but may not act
+/// on a 403.
+pub struct ConnectionAccess<R> {
+    pub user: AuthUser,
+    pub connection: Connection,
+    rule: PhantomData<R>,
+}
+
+impl<R: ConnectionRule> FromRequestParts<AppState> for ConnectionAccess<R> {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let id = connection_id(parts, state).await?;
+        let connection = connections::load(state, &id)
+            .await?
+            .filter(|conn| View::allows(&user, conn))
+            .ok_or_else(|| connections::not_found(&id))?;
+        if !R::allows(&user, &connection) {
+            return Err(Error::forbidden(R::DENIED));
+        }
+        Ok(Self {
+            user,
+            connection,
+            rule: PhantomData,
+        })
+    }
+}
+
+/// The validated `{id}` of the path, canonical.
+pub async fn connection_id(parts: &mut Parts, state: &AppState) -> Result<String, Error> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| Error::bad_request("invalid-connection-id", "the id is not valid UTF-8"))?;
+    let raw = params
+        .iter()
+        .find_map(|(name, value)| (name == "id").then_some(value))
+        .ok_or_else(|| anyhow::anyhow!("connection route without {{id}}"))?;
+    Ok(parse_uuid(raw, "connection")?.to_string())
+}
+
+/// A connection.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "01937b2e-8f4a-7cc3-9a6e-3c1b5d2f4e6a", "owner": "alice",
+    "metadata": {"name": "Alice", "muted": false}, "version": 1, "rooms": ["lobby"],
+    "created_at": "2026-11-22T19:00:00Z", "expires_at": "2026-11-22T19:00:30Z"
+}))]
+pub struct ConnectionOut {
+    pub id: String,
+    /// The token subject that created it.
+    pub owner: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub version: i64,
+    /// Rooms it is in.
+    pub rooms: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// When the lease runs out unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl From<Connection> for ConnectionOut {
+    fn from(conn: Connection) -> Self {
+        Self {
+            id: conn.id,
+            owner: conn.owner,
+            metadata: conn.metadata,
+            version: conn.version,
+            rooms: conn.rooms.into_keys().collect(),
+            created_at: conn.created_at,
+            expires_at: conn.expires_at,
+        }
+    }
+}
+
+/// `POST /v1/connections` body; both fields optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionIn {
+    /// Initial metadata (a JSON object); absent: `{}` at version 0.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// Lease length in seconds (default 30, within the configured bounds).
+    pub ttl_seconds: Option<u64>,
+}
+
+/// Create a connection owned by the token's subject.
+///
+/// It lives while it heartbeats before its lease runs out (or, later, while
+/// its event stream is open); when it ends it leaves every room.
+#[utoipa::path(
+    post, path = "/v1/connections", tag = "connections", operation_id = "connections.create",
+    request_body(content = ConnectionIn, content_type = "application/json",
+                 example = json!({"metadata": {"name": "Alice"}, "ttl_seconds": 60})),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = ConnectionOut,
+         headers(("ETag" = String, description = "The metadata version, quoted"),
+                 ("Location" = String, description = "The connection's URL"))),
+        (status = 400, description = "Invalid body, TTL or metadata", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 413, description = "Body or metadata too large", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 429, description = "The subject holds too many connections", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn create_connection(
+    user: AuthUser,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, Error> {
+    let input: ConnectionIn = if body.is_empty() {
+        ConnectionIn::default()
+    } else {
+        serde_json::from_value(json_body(content_type(&headers), &body)?).map_err(|err| {
+            Error::bad_request("invalid-body", format!("invalid connection: {err}"))
+        })?
+    };
+    let presence = &state.settings.presence;
+    let ttl = input
+        .ttl_seconds
+        .map_or(presence.default_ttl, Duration::from_secs);
+    if !(presence.min_ttl..=presence.max_ttl).contains(&ttl) {
+        return Err(Error::bad_request(
+            "invalid-ttl",
+            format!(
+                "ttl_seconds must be between {} and {}",
+                presence.min_ttl.as_secs(),
+                presence.max_ttl.as_secs()
+            ),
+        ));
+    }
+    if let Some(metadata) = &input.metadata {
+        state.settings.limits.check(metadata)?;
+    }
+    let conn = connections::create(&state, &user.subject, input.metadata, ttl).await?;
+    let location = format!("/v1/connections/{}", conn.id);
+    let mut response = with_etag(conn.version, Json(ConnectionOut::from(conn)));
+    *response.status_mut() = StatusCode::CREATED;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Filters and paging for `GET /v1/connections`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListConnectionsParams {
+    /// Only connections in this room.
+    room: Option<String>,
+    /// Page size, 1–500 (default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List connections: an admin sees all, anyone else their own.
+#[utoipa::path(
+    get, path = "/v1/connections", tag = "connections", operation_id = "connections.list",
+    params(ListConnectionsParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of connections", body = Page<ConnectionOut>),
+        (status = 400, description = "Bad room, limit or cursor", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn list_connections(
+    user: AuthUser,
+    State(state): State<AppState>,
+    Query(params): Query<ListConnectionsParams>,
+) -> Result<Json<Page<ConnectionOut>>, Error> {
+    let limit = page_limit(params.limit)?;
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mine = |conn: &Connection| user.permissions.admin || conn.owner == user.subject;
+    let mut items = Vec::with_capacity(limit + 1);
+    if let Some(room) = params.room.as_deref() {
+        let room = RoomId::parse(room)?;
+        // A room's occupants are one hash; paging happens over its sorted ids.
+        for occupant in occupancy::occupants(&state, room.as_str()).await? {
+            let conn = occupant.connection;
+            if after
+                .as_deref()
+                .is_none_or(|after| conn.id.as_str() > after)
+                && mine(&conn)
+            {
+                items.push(conn);
+                if items.len() > limit {
+                    break;
+                }
+            }
+        }
+    } else {
+        let index = if user.permissions.admin {
+            state.redis_keys.all_connections()
+        } else {
+            state.redis_keys.subject_connections(&user.subject)
+        };
+        let mut after = after;
+        // Ids whose connection just ended are skipped; keep reading until full.
+        loop {
+            let ids = connections::page_ids(&state, &index, after.as_deref(), limit + 1).await?;
+            let exhausted = ids.len() <= limit;
+            for id in &ids {
+                if let Some(conn) = connections::load(&state, id).await? {
+                    items.push(conn);
+                }
+            }
+            after = ids.last().cloned();
+            if exhausted || items.len() > limit {
+                break;
+            }
+        }
+    }
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|conn| encode_cursor(&conn.id))
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items: items.into_iter().map(ConnectionOut::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Get a connection (the owner, an admin, or `read` on a room it is in).
+#[utoipa::path(
+    get, path = "/v1/connections/{id}", tag = "connections", operation_id = "connections.get",
+    params(("id" = String, Path, description = "Connection id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The connection", body = ConnectionOut,
+         headers(("ETag" = String, description = "The metadata version, quoted"))),
+        (status = 400, description = "Invalid id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or not visible", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn get_connection(access: ConnectionAccess<View>) -> Response {
+    let conn = access.connection;
+    with_etag(conn.version, Json(ConnectionOut::from(conn)))
+}
+
+/// Disconnect: the connection leaves every room (`presence.left`, reason
+/// `disconnected`) and its metadata is gone.
+#[utoipa::path(
+    delete, path = "/v1/connections/{id}", tag = "connections", operation_id = "connections.delete",
+    params(("id" = String, Path, description = "Connection id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Disconnected"),
+        (status = 400, description = "Invalid id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Not the owner", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or not visible", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis or Postgres unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_connection(
+    access: ConnectionAccess<Manage>,
+    State(state): State<AppState>,
+) -> Result<StatusCode, Error> {
+    let id = &access.connection.id;
+    if connections::end(&state, id, true, "disconnected", &access.user.subject).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(connections::not_found(id))
+    }
+}
+
+/// Renew the lease for another `ttl_seconds`.
+#[utoipa::path(
+    post, path = "/v1/connections/{id}/heartbeat", tag = "connections", operation_id = "connections.heartbeat",
+    params(("id" = String, Path, description = "Connection id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Lease renewed"),
+        (status = 400, description = "Invalid id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Not the owner", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection (or its lease already ran out)", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn heartbeat(
+    access: ConnectionAccess<Manage>,
+    State(state): State<AppState>,
+) -> Result<StatusCode, Error> {
+    let id = &access.connection.id;
+    connections::heartbeat(&state, id)
+        .await?
+        .ok_or_else(|| connections::not_found(id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Get the connection's metadata document (version in `ETag`).
+#[utoipa::path(
+    get, path = "/v1/connections/{id}/metadata", tag = "connections", operation_id = "connections.metadata.get",
+    params(
+        ("id" = String, Path, description = "Connection id"),
+        ("If-None-Match" = Option<String>, Header, description = "Answer 304 if this version is current"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The document", body = Object,
+         headers(("ETag" = String, description = "The version, quoted"))),
+        (status = 304, description = "Unchanged since the If-None-Match version"),
+        (status = 400, description = "Invalid id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or not visible", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn get_connection_metadata(
+    access: ConnectionAccess<View>,
+    preconditions: Preconditions,
+) -> Response {
+    let conn = access.connection;
+    if preconditions.not_modified(conn.version) {
+        return not_modified(conn.version);
+    }
+    with_etag(conn.version, Json(conn.metadata))
+}
+
+/// Replace the connection's metadata.
+#[utoipa::path(
+    put, path = "/v1/connections/{id}/metadata", tag = "connections", operation_id = "connections.metadata.put",
+    params(
+        ("id" = String, Path, description = "Connection id"),
+        ("If-Match" = Option<String>, Header, description = "Write only at this version"),
+    ),
+    request_body(content = Object, content_type = "application/json", example = json!({"muted": true})),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Replaced", body = Object,
+         headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 400, description = "Invalid id, JSON, shape or nesting", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed to write this connection's metadata", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or not visible", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match / If-None-Match failed", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 413, description = "Body or document too large", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn put_connection_metadata(
+    access: ConnectionAccess<WriteMetadata>,
+    preconditions: Preconditions,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, Error> {
+    let write = Write::replace(content_type(&headers), &body)?;
+    write_metadata(&state, &access, &preconditions, &write).await
+}
+
+/// The `strategy` of a plain-JSON PATCH.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StrategyParams {
+    /// `merge` (default) or `deepMerge`; only with `application/json`.
+    strategy: Option<String>,
+}
+
+/// Update the connection's metadata; the strategy follows the `Content-Type`
+/// exactly as for room metadata.
+#[utoipa::path(
+    patch, path = "/v1/connections/{id}/metadata", tag = "connections", operation_id = "connections.metadata.patch",
+    params(
+        ("id" = String, Path, description = "Connection id"),
+        StrategyParams,
+        ("If-Match" = Option<String>, Header, description = "Write only at this version"),
+    ),
+    request_body(content(
+        (Object = "application/merge-patch+json", example = json!({"muted": null})),
+        (Object = "application/json-patch+json", example = json!([{"op": "replace", "path": "/muted", "value": true}])),
+        (Object = "application/json", example = json!({"muted": true})),
+    )),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated document", body = Object,
+         headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 400, description = "Invalid id, JSON, patch, strategy, shape or nesting", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed to write this connection's metadata", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or not visible", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "A JSON Patch test failed", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match failed", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 413, description = "Body or resulting document too large", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported Content-Type", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "A JSON Patch path does not exist", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn patch_connection_metadata(
+    access: ConnectionAccess<WriteMetadata>,
+    preconditions: Preconditions,
+    State(state): State<AppState>,
+    Query(params): Query<StrategyParams>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, Error> {
+    let write = Write::patch(content_type(&headers), params.strategy.as_deref(), &body)?;
+    write_metadata(&state, &access, &preconditions, &write).await
+}
+
+async fn write_metadata<R>(
+    state: &AppState,
+    access: &ConnectionAccess<R>,
+    preconditions: &Preconditions,
+    write: &Write,
+) -> Result<Response, Error> {
+    let conn = connections::write_metadata(
+        state,
+        &access.connection.id,
+        preconditions,
+        write,
+        &access.user.subject,
+    )
+    .await?;
+    Ok(with_etag(conn.version, Json(conn.metadata)))
+}

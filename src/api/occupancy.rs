@@ -1,0 +1,265 @@
+//! Occupancy: joining and leaving rooms, listing occupants, clearing a room.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::connections::connection_id;
+use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
+use super::rooms::{find_room, publish};
+use crate::auth::{Action, AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
+use crate::error::{Error, ProblemDetails};
+use crate::events::Event;
+use crate::extract::Query;
+use crate::presence::{connections, occupancy};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(join_room, leave_room))
+        .routes(routes!(list_occupants))
+        .routes(routes!(clear_room))
+}
+
+/// The connection in `/v1/rooms/{room}/connections/{id}`.
+struct ConnectionPath(String);
+
+impl axum::extract::FromRequestParts<AppState> for ConnectionPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(connection_id(parts, state).await?))
+    }
+}
+
+/// The outcome of a join.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "room": "lobby", "connection_id": "01937b2e-8f4a-7cc3-9a6e-3c1b5d2f4e6a",
+    "joined_at": "2026-11-22T19:00:00Z", "occupancy": 2,
+    "session_id": "01937b2e-9000-7cc3-9a6e-3c1b5d2f4e6a"
+}))]
+pub struct Membership {
+    pub room: String,
+    pub connection_id: String,
+    pub joined_at: DateTime<Utc>,
+    /// Connections in the room after the join.
+    pub occupancy: i64,
+    /// The room's active session.
+    pub session_id: String,
+}
+
+/// Join a connection to a room (needs `join`; only its owner or an admin).
+///
+/// The first connection into an empty room starts a session; the answer
+/// comes once that session is durable. Joining a room that does not exist
+/// creates it with `{}` metadata (unless `METACAST_AUTO_CREATE_ROOMS=false`).
+#[utoipa::path(
+    put, path = "/v1/rooms/{room}/connections/{id}", tag = "presence", operation_id = "presence.join",
+    params(
+        ("room" = String, Path, description = "Room id"),
+        ("id" = String, Path, description = "Connection id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Joined", body = Membership),
+        (status = 200, description = "Already in the room", body = Membership),
+        (status = 400, description = "Invalid room or connection id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "No join on this room, or not the connection's owner", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or the room does not exist and is not auto-created", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 429, description = "The connection is in too many rooms", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis or Postgres unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn join_room(
+    access: RoomAccess<Join>,
+    ConnectionPath(id): ConnectionPath,
+    State(state): State<AppState>,
+) -> Result<Response, Error> {
+    let user = &access.user;
+    let conn = connections::load(&state, &id)
+        .await?
+        .filter(|conn| user.permissions.admin || conn.owner == user.subject)
+        .ok_or_else(|| connections::not_found(&id))?;
+    let joined = occupancy::join(&state, &access.room, &conn, &user.subject).await?;
+    let status = if joined.newly {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = Membership {
+        room: access.room.to_string(),
+        connection_id: conn.id,
+        joined_at: joined.joined_at,
+        occupancy: joined.occupancy,
+        session_id: joined.session_id,
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// Leave a room: the connection's owner (reason `left`), or someone with
+/// `moderate` on the room removing another's connection (reason `evicted`).
+/// The last one out ends the session before this answers.
+#[utoipa::path(
+    delete, path = "/v1/rooms/{room}/connections/{id}", tag = "presence", operation_id = "presence.leave",
+    params(
+        ("room" = String, Path, description = "Room id"),
+        ("id" = String, Path, description = "Connection id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Left"),
+        (status = 400, description = "Invalid room or connection id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Neither the owner nor a moderator of the room", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or it is not in the room", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis or Postgres unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn leave_room(
+    user: AuthUser,
+    RoomPath(room): RoomPath,
+    ConnectionPath(id): ConnectionPath,
+    State(state): State<AppState>,
+) -> Result<StatusCode, Error> {
+    let conn = connections::load(&state, &id)
+        .await?
+        .ok_or_else(|| connections::not_found(&id))?;
+    let owns = user.permissions.admin || conn.owner == user.subject;
+    if !owns && !user.permissions.allows(&room, Action::Moderate) {
+        return Err(Error::forbidden(format!(
+            "only the connection's owner, or moderate on room {room}, may remove it"
+        )));
+    }
+    let reason = if owns { "left" } else { "evicted" };
+    let left = occupancy::leave(
+        &state,
+        room.as_str(),
+        &conn.id,
+        &conn.owner,
+        &conn.metadata,
+        reason,
+        &user.subject,
+    )
+    .await?;
+    if left {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::not_found(
+            "not-in-room",
+            format!("connection {id} is not in room {room}"),
+        ))
+    }
+}
+
+/// One occupant of a room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OccupantOut {
+    /// The connection id.
+    pub id: String,
+    pub owner: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// Paging for occupants.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OccupantParams {
+    /// Page size, 1–500 (default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The room's occupants with their metadata, in connection-id order.
+#[utoipa::path(
+    get, path = "/v1/rooms/{room}/connections", tag = "presence", operation_id = "presence.list",
+    params(("room" = String, Path, description = "Room id"), OccupantParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of occupants", body = Page<OccupantOut>),
+        (status = 400, description = "Invalid room id, limit or cursor", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "The token does not allow read on this room", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn list_occupants(
+    access: RoomAccess<Read>,
+    State(state): State<AppState>,
+    Query(params): Query<OccupantParams>,
+) -> Result<Json<Page<OccupantOut>>, Error> {
+    let limit = page_limit(params.limit)?;
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mut items: Vec<OccupantOut> = occupancy::occupants(&state, access.room.as_str())
+        .await?
+        .into_iter()
+        .filter(|o| {
+            after
+                .as_deref()
+                .is_none_or(|after| o.connection.id.as_str() > after)
+        })
+        .take(limit + 1)
+        .map(|o| OccupantOut {
+            id: o.connection.id,
+            owner: o.connection.owner,
+            metadata: o.connection.metadata,
+            joined_at: o.joined_at,
+        })
+        .collect();
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|o| encode_cursor(&o.id))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Clear a room: every occupant is evicted (`presence.left`, reason
+/// `evicted`) and the session ends; the metadata stays.
+#[utoipa::path(
+    post, path = "/v1/rooms/{room}/clear", tag = "presence", operation_id = "presence.clear",
+    params(("room" = String, Path, description = "Room id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Cleared"),
+        (status = 400, description = "Invalid room id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "The token does not allow moderate on this room", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such room", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis or Postgres unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn clear_room(
+    access: RoomAccess<Moderate>,
+    State(state): State<AppState>,
+) -> Result<StatusCode, Error> {
+    let room = access.room.as_str();
+    find_room(&state, &access.room).await?;
+    occupancy::evict_all(&state, room, &access.user.subject).await?;
+    publish(
+        &state,
+        &[Event::new(
+            "room.cleared",
+            room,
+            &access.user.subject,
+            json!({}),
+        )],
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}

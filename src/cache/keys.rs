@@ -1,0 +1,84 @@
+//! Redis key names. Every key starts with the configured prefix; all keys of
+//! one room share the hash tag `{room:<id>}` and all keys of one connection
+//! `{conn:<id>}`, so each multi-key script touches a single Redis Cluster slot.
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Hash: a connection's owner, metadata, version, lease and state.
+    pub fn connection(&self, id: &str) -> String {
+        format!("{}{{conn:{id}}}", self.prefix)
+    }
+
+    /// Hash: the rooms a connection is in → joined_at (ms).
+    pub fn connection_rooms(&self, id: &str) -> String {
+        format!("{}{{conn:{id}}}:rooms", self.prefix)
+    }
+
+    /// Sorted set: every live connection id → its lease deadline (ms).
+    pub fn deadlines(&self) -> String {
+        format!("{}connections:deadlines", self.prefix)
+    }
+
+    /// Sorted set (all scores 0, ordered by id): every connection, for listing.
+    pub fn all_connections(&self) -> String {
+        format!("{}connections:index", self.prefix)
+    }
+
+    /// Sorted set (all scores 0): one subject's connections, for quotas and listing.
+    /// The subject is hex-encoded: it is the caller's and may hold anything.
+    pub fn subject_connections(&self, subject: &str) -> String {
+        let hex: String = subject.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}subject:{hex}:connections", self.prefix)
+    }
+
+    /// Hash: a room's occupants → joined_at (ms).
+    pub fn room_members(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:members", self.prefix)
+    }
+
+    /// Hash: the room's active session: `id`, `started_at`, `peak`.
+    pub fn room_session(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:session", self.prefix)
+    }
+
+    /// Stream: the room's recent events.
+    pub fn room_events(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:events", self.prefix)
+    }
+
+    /// Sorted set: rooms with an active session → started_at (ms), for the reconciler.
+    pub fn active_sessions(&self) -> String {
+        format!("{}sessions:active", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_room_share_a_hash_tag() {
+        let keys = Keys::new("mc:");
+        assert_eq!(keys.room_members("lobby"), "mc:{room:lobby}:members");
+        assert_eq!(keys.room_session("lobby"), "mc:{room:lobby}:session");
+        assert_eq!(keys.connection("c1"), "mc:{conn:c1}");
+        assert_eq!(keys.connection_rooms("c1"), "mc:{conn:c1}:rooms");
+    }
+
+    #[test]
+    fn subjects_cannot_inject_hash_tags() {
+        let key = Keys::new("mc:").subject_connections("a}{b");
+        assert!(!key.contains('{') && !key.contains('}'), "{key}");
+    }
+}

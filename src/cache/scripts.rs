@@ -1,0 +1,184 @@
+//! Lua scripts: each state transition that must be atomic runs as one script
+//! on the keys of a single hash tag (one Redis Cluster slot). "Now" always
+//! comes from Redis `TIME`, so instances never disagree about leases.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers prepended to every script.
+const PRELUDE: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function is_alive(key, now)
+  local f = redis.call('HMGET', key, 'state', 'expires_at')
+  return f[1] == 'live' and tonumber(f[2]) ~= nil and tonumber(f[2]) > now
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// KEYS: subject index. ARGV: connection id, quota. → 1 reserved, 0 over quota.
+pub static RESERVE_QUOTA: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 0, ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// KEYS: connection. ARGV: owner, metadata JSON, version, ttl ms.
+/// → {created_at, expires_at}.
+pub static CREATE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+local expires = now + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'live', 'owner', ARGV[1], 'metadata', ARGV[2],
+  'version', ARGV[3], 'created_at', now, 'ttl', ARGV[4], 'expires_at', expires)
+return {now, expires}
+"#,
+    )
+});
+
+/// KEYS: connection. → the new deadline, or nil when it is gone or expired:
+/// a late heartbeat never resurrects a swept connection.
+pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+if not is_alive(KEYS[1], now) then return false end
+local expires = now + tonumber(redis.call('HGET', KEYS[1], 'ttl'))
+redis.call('HSET', KEYS[1], 'expires_at', expires)
+return expires
+"#,
+    )
+});
+
+/// KEYS: connection. ARGV: expected version, metadata JSON, new version.
+/// → 1 written, 0 version moved on (retry), -1 gone.
+pub static STORE_METADATA: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if not is_alive(KEYS[1], now_ms()) then return -1 end
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'metadata', ARGV[2], 'version', ARGV[3])
+return 1
+"#,
+    )
+});
+
+/// KEYS: connection, its rooms. ARGV: room, room quota.
+/// → 1 attached, 0 already there, -1 connection gone, -2 over quota.
+pub static ATTACH: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+if not is_alive(KEYS[1], now) then return -1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
+redis.call('HSET', KEYS[2], ARGV[1], now)
+return 1
+"#,
+    )
+});
+
+/// KEYS: room members, room session, room events. ARGV: connection id,
+/// candidate session id, presence.joined payload without its closing brace,
+/// history length.
+/// → {joined (1) or already (0), occupancy, session id, started (1/0), joined_at}.
+///
+/// First in starts the session. A join that does not start one records its
+/// `presence.joined` here, atomically; the starter's is recorded after the
+/// session is durable, so `session.started` comes first.
+pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local joined_at = redis.call('HGET', KEYS[1], ARGV[1])
+if joined_at then
+  return {0, redis.call('HLEN', KEYS[1]), redis.call('HGET', KEYS[2], 'id') or '', 0, tonumber(joined_at)}
+end
+local now = now_ms()
+redis.call('HSET', KEYS[1], ARGV[1], now)
+local n = redis.call('HLEN', KEYS[1])
+local sid = redis.call('HGET', KEYS[2], 'id')
+if not sid then
+  redis.call('HSET', KEYS[2], 'id', ARGV[2], 'started_at', now, 'peak', n)
+  return {1, n, ARGV[2], 1, now}
+end
+if n > tonumber(redis.call('HGET', KEYS[2], 'peak') or '0') then
+  redis.call('HSET', KEYS[2], 'peak', n)
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+  'type', 'presence.joined', 'data', ARGV[3] .. ',"occupancy":' .. n .. '}')
+return {1, n, sid, 0, now}
+"#,
+    )
+});
+
+/// KEYS: room members, room session, room events. ARGV: connection id,
+/// presence.left payload without its closing brace (empty: record nothing),
+/// history length.
+/// → {left (1) or not a member (0), occupancy, ended session id, peak}.
+///
+/// Last out ends the session; only the caller whose HDEL removed the member
+/// records `presence.left`, so it happens exactly once.
+pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('HLEN', KEYS[1])} end
+local n = redis.call('HLEN', KEYS[1])
+if ARGV[2] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
+    'type', 'presence.left', 'data', ARGV[2] .. ',"occupancy":' .. n .. '}')
+end
+if n == 0 then
+  local s = redis.call('HMGET', KEYS[2], 'id', 'peak')
+  redis.call('DEL', KEYS[2])
+  if s[1] then return {1, 0, s[1], tonumber(s[2] or '0')} end
+end
+return {1, n}
+"#,
+    )
+});
+
+/// KEYS: deadlines. ARGV: batch size, retry ms. → expired connection ids,
+/// each re-scored to now + retry: claimed by this sweeper, and retried by any
+/// sweeper should this one die before finishing.
+pub static CLAIM_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+end
+return ids
+"#,
+    )
+});
+
+/// KEYS: connection, its rooms. ARGV: force (1: end it even if its lease runs).
+/// → {'alive', expires_at} or {'dead', owner, metadata, rooms…}. Marks the
+/// connection dead first, so no join or heartbeat can revive it meanwhile.
+pub static BEGIN_REAP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+local f = redis.call('HMGET', KEYS[1], 'state', 'expires_at', 'owner', 'metadata')
+if ARGV[1] == '0' and f[1] == 'live' and tonumber(f[2]) > now then
+  return {'alive', f[2]}
+end
+if f[1] == 'live' then redis.call('HSET', KEYS[1], 'state', 'dead') end
+local out = {'dead', f[3] or '', f[4] or '{}'}
+for _, room in ipairs(redis.call('HKEYS', KEYS[2])) do table.insert(out, room) end
+return out
+"#,
+    )
+});

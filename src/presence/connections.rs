@@ -1,0 +1,325 @@
+//! Connections: one client's presence, owned by the token subject that
+//! created it, alive while its lease is renewed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::occupancy;
+use crate::cache::scripts;
+use crate::document::{Preconditions, Write};
+use crate::error::Error;
+use crate::events::{self, Event};
+use crate::state::AppState;
+
+/// How many times a metadata write retries when another write got in first.
+const MAX_WRITE_ATTEMPTS: usize = 100;
+
+/// A live connection as stored in Redis.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: String,
+    pub owner: String,
+    pub metadata: Value,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Rooms it is in → when it joined.
+    pub rooms: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Connection {
+    fn from_redis(
+        id: &str,
+        fields: HashMap<String, String>,
+        rooms: HashMap<String, i64>,
+    ) -> Option<Self> {
+        if fields.get("state").map(String::as_str) != Some("live") {
+            return None;
+        }
+        let number = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
+        Some(Self {
+            id: id.to_owned(),
+            owner: fields.get("owner")?.clone(),
+            metadata: serde_json::from_str(fields.get("metadata")?).ok()?,
+            version: number("version")?,
+            created_at: millis(number("created_at")?),
+            expires_at: millis(number("expires_at")?),
+            rooms: rooms
+                .into_iter()
+                .map(|(room, at)| (room, millis(at)))
+                .collect(),
+        })
+    }
+}
+
+/// A Redis timestamp (ms) as a UTC time.
+pub fn millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// Creates a connection owned by `owner`, within the subject's quota.
+pub async fn create(
+    state: &AppState,
+    owner: &str,
+    metadata: Option<Value>,
+    ttl: Duration,
+) -> Result<Connection, Error> {
+    let keys = &state.redis_keys;
+    let mut redis = state.redis.clone();
+    let id = Uuid::now_v7().to_string();
+    let quota = state.settings.presence.max_connections_per_subject;
+    let reserved: i64 = scripts::RESERVE_QUOTA
+        .key(keys.subject_connections(owner))
+        .arg(&id)
+        .arg(quota)
+        .invoke_async(&mut redis)
+        .await?;
+    if reserved == 0 {
+        return Err(Error::client(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-connections",
+            format!("a subject may hold at most {quota} connections"),
+        ));
+    }
+    // Created with a document: version 1; created empty by the server: 0.
+    let (metadata, version) = match metadata {
+        Some(doc) => (doc, 1),
+        None => (Value::Object(Default::default()), 0),
+    };
+    let ttl_ms = ttl.as_millis() as i64;
+    let created: redis::RedisResult<(i64, i64)> = scripts::CREATE_CONNECTION
+        .key(keys.connection(&id))
+        .arg(owner)
+        .arg(metadata.to_string())
+        .arg(version)
+        .arg(ttl_ms)
+        .invoke_async(&mut redis)
+        .await;
+    let (created_at, expires_at) = match created {
+        Ok(times) => times,
+        Err(err) => {
+            let _: redis::RedisResult<()> = redis::cmd("ZREM")
+                .arg(keys.subject_connections(owner))
+                .arg(&id)
+                .query_async(&mut redis)
+                .await;
+            return Err(err.into());
+        }
+    };
+    redis::pipe()
+        .zadd(keys.deadlines(), &id, expires_at)
+        .ignore()
+        .zadd(keys.all_connections(), &id, 0)
+        .ignore()
+        .query_async::<()>(&mut redis)
+        .await?;
+    Ok(Connection {
+        id,
+        owner: owner.to_owned(),
+        metadata,
+        version,
+        created_at: millis(created_at),
+        expires_at: millis(expires_at),
+        rooms: BTreeMap::new(),
+    })
+}
+
+/// The live connection `id`, or `None`.
+pub async fn load(state: &AppState, id: &str) -> Result<Option<Connection>, Error> {
+    let keys = &state.redis_keys;
+    let mut redis = state.redis.clone();
+    let (fields, rooms): (HashMap<String, String>, HashMap<String, i64>) = redis::pipe()
+        .hgetall(keys.connection(id))
+        .hgetall(keys.connection_rooms(id))
+        .query_async(&mut redis)
+        .await?;
+    Ok(Connection::from_redis(id, fields, rooms))
+}
+
+/// Extends the lease; `None` when the connection is gone or already expired.
+pub async fn heartbeat(state: &AppState, id: &str) -> Result<Option<DateTime<Utc>>, Error> {
+    let keys = &state.redis_keys;
+    let mut redis = state.redis.clone();
+    let expires_at: Option<i64> = scripts::HEARTBEAT
+        .key(keys.connection(id))
+        .invoke_async(&mut redis)
+        .await?;
+    let Some(expires_at) = expires_at else {
+        return Ok(None);
+    };
+    // XX: never re-adds a connection the sweeper has already removed.
+    redis::cmd("ZADD")
+        .arg(keys.deadlines())
+        .arg("XX")
+        .arg(expires_at)
+        .arg(id)
+        .query_async::<()>(&mut redis)
+        .await?;
+    Ok(Some(millis(expires_at)))
+}
+
+/// Applies `write` to the connection's metadata: read, patch, then a
+/// compare-and-set on the version, retried when another write got in first
+/// (never with `If-Match`, whose check then fails instead).
+pub async fn write_metadata(
+    state: &AppState,
+    id: &str,
+    preconditions: &Preconditions,
+    write: &Write,
+    actor: &str,
+) -> Result<Connection, Error> {
+    let mut redis = state.redis.clone();
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let mut conn = load(state, id).await?.ok_or_else(|| not_found(id))?;
+        let document = write.apply_checked(
+            Some((&conn.metadata, conn.version)),
+            preconditions,
+            &state.settings.limits,
+        )?;
+        let stored: i64 = scripts::STORE_METADATA
+            .key(state.redis_keys.connection(id))
+            .arg(conn.version)
+            .arg(document.to_string())
+            .arg(conn.version + 1)
+            .invoke_async(&mut redis)
+            .await?;
+        match stored {
+            1 => {
+                conn.version += 1;
+                conn.metadata = document;
+                publish_metadata_update(state, &conn, write, actor).await;
+                return Ok(conn);
+            }
+            0 => continue,
+            _ => return Err(not_found(id)),
+        }
+    }
+    Err(Error::client(
+        StatusCode::CONFLICT,
+        "write-contention",
+        "too many concurrent writes to this connection's metadata; retry",
+    ))
+}
+
+/// Occupants' metadata changes appear on each of their rooms' streams.
+async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Write, actor: &str) {
+    let events: Vec<Event> = conn
+        .rooms
+        .keys()
+        .map(|room| {
+            Event::metadata_updated(
+                "connection.metadata.updated",
+                room,
+                actor,
+                conn.version,
+                &conn.metadata,
+                write,
+                Some(("connection_id", &conn.id)),
+            )
+        })
+        .collect();
+    for event in events {
+        events::publish_committed(
+            &state.redis,
+            &state.redis_keys,
+            state.settings.presence.event_history,
+            std::slice::from_ref(&event),
+        )
+        .await;
+    }
+}
+
+/// Ends a connection: it leaves every room (`presence.left` with `reason`,
+/// ending sessions it was the last in) and its state is deleted. Without
+/// `force` a connection whose lease was renewed meanwhile is left alone.
+/// Returns whether it ended.
+pub async fn end(
+    state: &AppState,
+    id: &str,
+    force: bool,
+    reason: &'static str,
+    actor: &str,
+) -> Result<bool, Error> {
+    let keys = &state.redis_keys;
+    let mut redis = state.redis.clone();
+    let reply: Vec<String> = scripts::BEGIN_REAP
+        .key(keys.connection(id))
+        .key(keys.connection_rooms(id))
+        .arg(if force { "1" } else { "0" })
+        .invoke_async(&mut redis)
+        .await?;
+    let mut reply = reply.into_iter();
+    match reply.next().as_deref() {
+        Some("alive") => {
+            if let Some(expires_at) = reply.next() {
+                redis::cmd("ZADD")
+                    .arg(keys.deadlines())
+                    .arg("XX")
+                    .arg(expires_at)
+                    .arg(id)
+                    .query_async::<()>(&mut redis)
+                    .await?;
+            }
+            return Ok(false);
+        }
+        Some("dead") => {}
+        _ => return Err(anyhow::anyhow!("unexpected BEGIN_REAP reply").into()),
+    }
+    let owner = reply.next().unwrap_or_default();
+    let metadata: Value = reply
+        .next()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    for room in reply {
+        occupancy::leave(state, &room, id, &owner, &metadata, reason, actor).await?;
+    }
+    let mut cleanup = redis::pipe();
+    cleanup
+        .del(keys.connection(id))
+        .ignore()
+        .del(keys.connection_rooms(id))
+        .ignore()
+        .zrem(keys.deadlines(), id)
+        .ignore()
+        .zrem(keys.all_connections(), id)
+        .ignore();
+    if !owner.is_empty() {
+        cleanup.zrem(keys.subject_connections(&owner), id).ignore();
+    }
+    cleanup.query_async::<()>(&mut redis).await?;
+    Ok(true)
+}
+
+/// A page of connection ids in id order, after `after`, from one index.
+pub async fn page_ids(
+    state: &AppState,
+    index: &str,
+    after: Option<&str>,
+    count: usize,
+) -> Result<Vec<String>, Error> {
+    let mut redis = state.redis.clone();
+    let min = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(index)
+        .arg(min)
+        .arg("+")
+        .arg("BYLEX")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(count)
+        .query_async(&mut redis)
+        .await?;
+    Ok(ids)
+}
+
+pub fn not_found(id: &str) -> Error {
+    Error::not_found(
+        "connection-not-found",
+        format!("connection {id} does not exist or is not visible to this token"),
+    )
+}

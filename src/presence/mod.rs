@@ -1,0 +1,10 @@
+//! Presence: connections with leases, room occupancy, and the session
+//! lifecycle they drive. Redis decides every transition atomically (one Lua
+//! script per room or per connection); Postgres records the durable ones.
+
+pub mod connections;
+pub mod occupancy;
+pub mod sessions;
+pub mod sweeper;
+
+pub use connections::Connection;

@@ -1,0 +1,781 @@
+//! Presence and sessions: joins and leaves decide first-in/last-out exactly
+//! once, across instances, with the events recorded in order.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, test_settings};
+
+fn kinds(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(kind, _)| kind.as_str()).collect()
+}
+
+async fn session_rows(app: &TestApp, room: &str) -> Vec<(uuid::Uuid, bool, i32)> {
+    sqlx::query_as("select id, ended_at is null, peak_occupancy from sessions where room = $1 order by started_at")
+        .bind(room)
+        .fetch_all(&app.state.db)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn first_join_starts_a_session_and_last_leave_ends_it(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alice = app.token_for("alice", &[("lobby", &["join", "read"])]);
+    let bob = app.token_for("bob", &[("lobby", &["join", "read"])]);
+    let a = app.connect(&alice).await;
+    let b = app.connect(&bob).await;
+
+    let first = app.join(&alice, "lobby", &a).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let session_id = first.json()["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(first.json()["occupancy"], 1);
+
+    // The room was created by the join: {} at version 0.
+    let room = app.get("/v1/rooms/lobby").bearer(&alice).send().await;
+    assert_eq!(room.status, StatusCode::OK, "{room:?}");
+    assert_eq!(room.json()["metadata"], json!({}));
+    assert_eq!(room.json()["version"], 0);
+    assert_eq!(room.json()["session"]["id"], session_id.as_str());
+
+    let second = app.join(&bob, "lobby", &b).await;
+    assert_eq!(
+        second.json()["session_id"],
+        session_id.as_str(),
+        "same session"
+    );
+    assert_eq!(second.json()["occupancy"], 2);
+    let again = app.join(&bob, "lobby", &b).await;
+    assert_eq!(again.status, StatusCode::OK, "joining twice is idempotent");
+    assert_eq!(again.json()["occupancy"], 2);
+
+    let session = app
+        .get("/v1/rooms/lobby/session")
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(session.json()["occupancy"], 2);
+    assert_eq!(session.json()["metadata"], json!({}));
+    assert_eq!(session.version(), 0);
+
+    let occupants = app
+        .get("/v1/rooms/lobby/connections")
+        .bearer(&alice)
+        .send()
+        .await
+        .json();
+    let mut ids: Vec<&str> = occupants["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut expected = vec![a.as_str(), b.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let left = app
+        .delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        session_rows(&app, "lobby").await,
+        vec![(session_id.parse().unwrap(), true, 0)]
+    );
+    app.delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&alice)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not-in-room");
+
+    app.delete(&format!("/v1/rooms/lobby/connections/{b}"))
+        .bearer(&bob)
+        .send()
+        .await;
+    let rows = session_rows(&app, "lobby").await;
+    assert_eq!(
+        rows,
+        vec![(session_id.parse().unwrap(), false, 2)],
+        "ended, with its peak"
+    );
+    app.get("/v1/rooms/lobby/session")
+        .bearer(&alice)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "no-active-session");
+
+    assert_eq!(
+        kinds(&app.events("lobby").await),
+        [
+            "session.started",
+            "presence.joined",
+            "presence.joined",
+            "presence.left",
+            "presence.left",
+            "session.ended"
+        ]
+    );
+}
+
+#[sqlx::test]
+async fn event_payloads_follow_the_spec(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alice = app.token_for("alice", &[("lobby", &["join"])]);
+    let response = app
+        .post("/v1/connections")
+        .bearer(&alice)
+        .json(&json!({"metadata": {"name": "Alice"}}))
+        .send()
+        .await;
+    let a = response.json()["id"].as_str().unwrap().to_owned();
+    let session_id = app.join(&alice, "lobby", &a).await.json()["session_id"].clone();
+    app.delete(&format!("/v1/connections/{a}"))
+        .bearer(&alice)
+        .send()
+        .await;
+
+    let events = app.events("lobby").await;
+    let [(_, started), (_, joined), (_, left), (_, ended)] = &events[..] else {
+        panic!("four events expected: {events:?}");
+    };
+    for (_, data) in &events {
+        assert_eq!(data["room"], "lobby");
+        assert!(data["at"].is_string());
+    }
+    assert_eq!(started["session_id"], session_id);
+    assert_eq!(started["occupancy"], 1);
+    assert_eq!(started["actor"], "alice");
+    assert_eq!(joined["connection_id"], a.as_str());
+    assert_eq!(joined["owner"], "alice");
+    assert_eq!(joined["metadata"], json!({"name": "Alice"}));
+    assert_eq!(joined["occupancy"], 1);
+    assert_eq!(left["reason"], "disconnected");
+    assert_eq!(left["occupancy"], 0);
+    assert_eq!(ended["session_id"], session_id);
+    assert_eq!(ended["peak_occupancy"], 1);
+    assert_eq!(ended["final_metadata"], json!({}));
+    assert!(ended["ended_at"].is_string());
+}
+
+#[sqlx::test]
+async fn concurrent_joins_and_leaves_on_two_instances_are_exactly_once(pool: PgPool) {
+    let one = TestApp::new(pool).await;
+    let two = one.another_instance().await;
+    let admin = one.admin();
+    const N: usize = 24;
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        ids.push(one.connect(&admin).await);
+    }
+    for round in 0..3 {
+        let joins = ids.iter().enumerate().map(|(i, id)| {
+            let app = if i % 2 == 0 { &one } else { &two };
+            app.join(&admin, "arena", id)
+        });
+        for response in join_all(joins).await {
+            assert_eq!(response.status, StatusCode::CREATED, "{response:?}");
+        }
+        let room = two
+            .get("/v1/rooms/arena")
+            .bearer(&admin)
+            .send()
+            .await
+            .json();
+        assert_eq!(room["occupancy"], N, "round {round}");
+
+        let leaves = ids.iter().enumerate().map(|(i, id)| {
+            let app = if i % 2 == 0 { &two } else { &one };
+            app.delete(&format!("/v1/rooms/arena/connections/{id}"))
+                .bearer(&admin)
+                .send()
+        });
+        for response in join_all(leaves).await {
+            assert_eq!(response.status, StatusCode::NO_CONTENT, "{response:?}");
+        }
+    }
+    let rows = session_rows(&one, "arena").await;
+    assert_eq!(rows.len(), 3, "one session per round: {rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(_, open, peak)| !open && *peak == N as i32),
+        "{rows:?}"
+    );
+    let events = one.events("arena").await;
+    let count = |kind: &str| events.iter().filter(|(k, _)| k == kind).count();
+    assert_eq!(count("session.started"), 3);
+    assert_eq!(count("session.ended"), 3);
+    assert_eq!(count("presence.joined"), 3 * N);
+    assert_eq!(count("presence.left"), 3 * N);
+}
+
+#[sqlx::test]
+async fn an_expired_lease_leaves_every_room_and_ends_sessions(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    let short = app
+        .post("/v1/connections")
+        .bearer(&admin)
+        .json(&json!({"ttl_seconds": 1}))
+        .send()
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let steady = app
+        .post("/v1/connections")
+        .bearer(&admin)
+        .json(&json!({"ttl_seconds": 1}))
+        .send()
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.join(&admin, "one", &short).await;
+    app.join(&admin, "two", &short).await;
+    app.join(&admin, "two", &steady).await;
+
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let beat = app
+            .post(&format!("/v1/connections/{steady}/heartbeat"))
+            .bearer(&admin)
+            .send()
+            .await;
+        assert_eq!(beat.status, StatusCode::NO_CONTENT);
+    }
+    metacast::presence::sweeper::sweep(&app.state)
+        .await
+        .unwrap();
+
+    app.get(&format!("/v1/connections/{short}"))
+        .bearer(&admin)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "connection-not-found");
+    app.post(&format!("/v1/connections/{short}/heartbeat"))
+        .bearer(&admin)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "connection-not-found");
+    assert_eq!(
+        app.get("/v1/rooms/one").bearer(&admin).send().await.json()["occupancy"],
+        0
+    );
+    assert_eq!(
+        app.get("/v1/rooms/two").bearer(&admin).send().await.json()["occupancy"],
+        1
+    );
+    assert!(
+        !session_rows(&app, "one").await[0].1,
+        "the session of room one ended"
+    );
+    assert!(
+        session_rows(&app, "two").await[0].1,
+        "room two still has someone"
+    );
+
+    let left: Vec<Value> = app
+        .events("two")
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "presence.left")
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(left.len(), 1, "left exactly once");
+    assert_eq!(left[0]["reason"], "expired");
+    assert_eq!(left[0]["actor"], "system");
+}
+
+#[sqlx::test]
+async fn a_dropped_instance_is_swept_by_the_survivor(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.presence.sweep_interval = Duration::from_millis(100);
+    let survivor = TestApp::with_settings(pool, settings).await;
+    let doomed = survivor.another_instance().await;
+    let admin = survivor.admin();
+    let id = doomed
+        .post("/v1/connections")
+        .bearer(&admin)
+        .json(&json!({"ttl_seconds": 1}))
+        .send()
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    doomed.join(&admin, "lobby", &id).await;
+    drop(doomed);
+
+    metacast::presence::sweeper::spawn(survivor.state.clone());
+    let mut ended = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if session_rows(&survivor, "lobby")
+            .await
+            .iter()
+            .all(|(_, open, _)| !open)
+        {
+            ended = true;
+            break;
+        }
+    }
+    survivor.state.lifecycle.stop();
+    assert!(
+        ended,
+        "the survivor's sweeper ended the session within lease + sweep"
+    );
+    let room = survivor
+        .get("/v1/rooms/lobby")
+        .bearer(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(room["occupancy"], 0);
+    assert_eq!(room["session"], Value::Null);
+}
+
+#[sqlx::test]
+async fn clear_evicts_and_keeps_metadata_while_delete_removes_the_room(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    let moderator = app.token_for("mod", &[("lobby", &["moderate"]), ("hall", &["moderate"])]);
+    app.create_room("lobby", json!({"topic": "x"})).await;
+    app.create_room("hall", json!({})).await;
+    let a = app.connect(&admin).await;
+    let b = app.connect(&admin).await;
+    for room in ["lobby", "hall"] {
+        app.join(&admin, room, &a).await;
+        app.join(&admin, room, &b).await;
+    }
+
+    let cleared = app
+        .post("/v1/rooms/lobby/clear")
+        .bearer(&moderator)
+        .send()
+        .await;
+    assert_eq!(cleared.status, StatusCode::NO_CONTENT, "{cleared:?}");
+    let room = app
+        .get("/v1/rooms/lobby")
+        .bearer(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        (room["occupancy"].clone(), room["session"].clone()),
+        (json!(0), Value::Null)
+    );
+    assert_eq!(room["metadata"], json!({"topic": "x"}), "metadata stays");
+    let connection = app
+        .get(&format!("/v1/connections/{a}"))
+        .bearer(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        connection["rooms"],
+        json!(["hall"]),
+        "evicted from lobby only"
+    );
+    let events = app.events("lobby").await;
+    let tail: Vec<&str> = kinds(&events)[events.len() - 4..].to_vec();
+    assert_eq!(
+        tail,
+        [
+            "presence.left",
+            "presence.left",
+            "session.ended",
+            "room.cleared"
+        ]
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|(k, _)| k == "presence.left")
+            .all(|(_, d)| d["reason"] == "evicted")
+    );
+
+    let delete = app.delete("/v1/rooms/hall").bearer(&moderator).send().await;
+    delete.assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    let deleted = app.delete("/v1/rooms/hall").bearer(&admin).send().await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    app.get("/v1/rooms/hall")
+        .bearer(&admin)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "room-not-found");
+    let connection = app
+        .get(&format!("/v1/connections/{b}"))
+        .bearer(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(connection["rooms"], json!([]));
+    let events = app.events("hall").await;
+    assert_eq!(kinds(&events).last(), Some(&"room.deleted"));
+    let history = app
+        .get("/v1/rooms/hall/sessions")
+        .bearer(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(
+        history["items"].as_array().unwrap().len(),
+        1,
+        "history outlives the room"
+    );
+    assert!(history["items"][0]["ended_at"].is_string());
+}
+
+#[sqlx::test]
+async fn session_metadata_lives_and_dies_with_the_session(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alice = app.token_for("alice", &[("lobby", &["join", "read", "write_session"])]);
+    let reader = app.token_for("reader", &[("lobby", &["read"])]);
+    let a = app.connect(&alice).await;
+    let meta = "/v1/rooms/lobby/session/metadata";
+
+    app.put(meta)
+        .bearer(&alice)
+        .json(&json!({"x": 1}))
+        .send()
+        .await
+        .assert_problem(StatusCode::CONFLICT, "no-active-session");
+    app.get(meta)
+        .bearer(&alice)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "no-active-session");
+
+    let first = app.join(&alice, "lobby", &a).await.json()["session_id"].clone();
+    let put = app
+        .put(meta)
+        .bearer(&alice)
+        .json(&json!({"recording": true}))
+        .send()
+        .await;
+    assert_eq!((put.status, put.version()), (StatusCode::OK, 1));
+    let patched = app
+        .patch(meta)
+        .bearer(&alice)
+        .if_match(1)
+        .body("application/merge-patch+json", r#"{"topic":"retro"}"#)
+        .send()
+        .await;
+    assert_eq!(patched.version(), 2);
+    assert_eq!(patched.json(), json!({"recording": true, "topic": "retro"}));
+    app.patch(meta)
+        .bearer(&alice)
+        .if_match(1)
+        .json(&json!({"late": true}))
+        .send()
+        .await
+        .assert_problem(StatusCode::PRECONDITION_FAILED, "version-mismatch");
+    app.put(meta)
+        .bearer(&reader)
+        .json(&json!({}))
+        .send()
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(app.get(meta).bearer(&reader).send().await.version(), 2);
+
+    app.delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    let second = app.join(&alice, "lobby", &a).await.json()["session_id"].clone();
+    assert_ne!(first, second, "a new session");
+    let fresh = app.get(meta).bearer(&alice).send().await;
+    assert_eq!(
+        (fresh.json(), fresh.version()),
+        (json!({}), 0),
+        "cleared for the new session"
+    );
+
+    let history = app
+        .get("/v1/rooms/lobby/sessions")
+        .bearer(&reader)
+        .send()
+        .await
+        .json();
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["id"], second, "newest first");
+    assert_eq!(items[0]["ended_at"], Value::Null);
+    assert_eq!(items[1]["id"], first);
+    assert_eq!(
+        items[1]["final_metadata"],
+        json!({"recording": true, "topic": "retro"})
+    );
+
+    let one = app
+        .get(&format!("/v1/sessions/{}", first.as_str().unwrap()))
+        .bearer(&reader)
+        .send()
+        .await;
+    assert_eq!(
+        one.json()["final_metadata"],
+        json!({"recording": true, "topic": "retro"})
+    );
+    let stranger = app.token_for("eve", &[("other", &["read"])]);
+    app.get(&format!("/v1/sessions/{}", first.as_str().unwrap()))
+        .bearer(&stranger)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "session-not-found");
+    app.get("/v1/sessions/not-a-uuid")
+        .bearer(&reader)
+        .send()
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "invalid-session-id");
+
+    let updates = app
+        .events("lobby")
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "session.metadata.updated")
+        .map(|(_, data)| data)
+        .collect::<Vec<_>>();
+    assert_eq!(updates.len(), 2);
+    assert_eq!(updates[1]["strategy"], "merge-patch");
+    assert_eq!(updates[1]["patch"], json!({"topic": "retro"}));
+    assert_eq!(updates[1]["session_id"], first);
+}
+
+#[sqlx::test]
+async fn session_history_pages_newest_first(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    let a = app.connect(&admin).await;
+    let mut started = Vec::new();
+    for _ in 0..5 {
+        started.push(app.join(&admin, "lobby", &a).await.json()["session_id"].clone());
+        app.delete(&format!("/v1/rooms/lobby/connections/{a}"))
+            .bearer(&admin)
+            .send()
+            .await;
+    }
+    started.reverse();
+    let mut seen = Vec::new();
+    let mut uri = "/v1/rooms/lobby/sessions?limit=2".to_owned();
+    loop {
+        let page = app.get(&uri).bearer(&admin).send().await.json();
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/v1/rooms/lobby/sessions?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, started);
+}
+
+#[sqlx::test]
+async fn join_and_leave_permissions(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alice = app.token_for("alice", &[("lobby", &["join"])]);
+    let bob = app.token_for("bob", &[("lobby", &["join", "read"])]);
+    let moderator = app.token_for("mod", &[("lobby", &["moderate"])]);
+    let reader = app.token_for("reader", &[("lobby", &["read"])]);
+    let a = app.connect(&alice).await;
+
+    app.join(&reader, "lobby", &a)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    app.join(&bob, "lobby", &a)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "connection-not-found");
+    app.join(&alice, "elsewhere", &a)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        app.join(&alice, "lobby", &a).await.status,
+        StatusCode::CREATED
+    );
+
+    app.delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&bob)
+        .send()
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    let evicted = app
+        .delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&moderator)
+        .send()
+        .await;
+    assert_eq!(evicted.status, StatusCode::NO_CONTENT);
+    let left = app
+        .events("lobby")
+        .await
+        .into_iter()
+        .find(|(kind, _)| kind == "presence.left")
+        .unwrap();
+    assert_eq!(left.1["reason"], "evicted");
+    assert_eq!(left.1["actor"], "mod");
+
+    app.post("/v1/rooms/lobby/clear")
+        .bearer(&bob)
+        .send()
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    app.get("/v1/rooms/lobby/connections")
+        .bearer(&alice)
+        .send()
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[sqlx::test]
+async fn rooms_are_not_auto_created_when_disabled(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.presence.auto_create_rooms = false;
+    let app = TestApp::with_settings(pool, settings).await;
+    let admin = app.admin();
+    let a = app.connect(&admin).await;
+    app.join(&admin, "ghost", &a)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "room-not-found");
+    let connection = app
+        .get(&format!("/v1/connections/{a}"))
+        .bearer(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(connection["rooms"], json!([]), "the failed join was undone");
+    assert!(app.events("ghost").await.is_empty(), "nobody was told");
+
+    app.create_room("real", json!({})).await;
+    assert_eq!(
+        app.join(&admin, "real", &a).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[sqlx::test]
+async fn joining_a_deleted_room_revives_it_with_rising_versions(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    app.create_room("lobby", json!({"a": 1})).await;
+    app.delete("/v1/rooms/lobby").bearer(&admin).send().await;
+    let a = app.connect(&admin).await;
+    app.join(&admin, "lobby", &a).await;
+    let room = app
+        .get("/v1/rooms/lobby")
+        .bearer(&admin)
+        .send()
+        .await
+        .json();
+    assert_eq!(room["metadata"], json!({}));
+    assert_eq!(room["version"], 2, "the tombstone's counter continues");
+}
+
+#[sqlx::test]
+async fn the_reconciler_repairs_crashes_between_redis_and_postgres(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    let a = app.connect(&admin).await;
+    app.join(&admin, "lobby", &a).await;
+
+    // As if Redis restarted empty: the session pointer and members are gone.
+    let mut redis = app.state.redis.clone();
+    let keys = &app.state.redis_keys;
+    let _: () = redis::pipe()
+        .del(keys.room_members("lobby"))
+        .del(keys.room_session("lobby"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    metacast::presence::sweeper::reconcile(&app.state)
+        .await
+        .unwrap();
+    assert!(
+        session_rows(&app, "lobby")
+            .await
+            .iter()
+            .all(|(_, open, _)| !open),
+        "closed"
+    );
+
+    // As if the starter died after Redis started a session: Postgres has no row.
+    let orphan = uuid::Uuid::now_v7();
+    let _: () = redis::pipe()
+        .hset(keys.room_members("hall"), &a, 1)
+        .hset_multiple(
+            keys.room_session("hall"),
+            &[
+                ("id", orphan.to_string()),
+                ("started_at", "1".into()),
+                ("peak", "1".into()),
+            ],
+        )
+        .zadd(keys.active_sessions(), "hall", 1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    metacast::presence::sweeper::reconcile(&app.state)
+        .await
+        .unwrap();
+    let rows = session_rows(&app, "hall").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].0, rows[0].1), (orphan, true), "recorded as open");
+    metacast::presence::sweeper::reconcile(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(session_rows(&app, "hall").await.len(), 1, "idempotent");
+    let started = app
+        .events("hall")
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "session.started")
+        .count();
+    assert_eq!(started, 1);
+}
+
+#[sqlx::test]
+async fn room_metadata_writes_record_their_events(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    app.create_room("lobby", json!({"a": 1})).await;
+    app.patch("/v1/rooms/lobby/metadata")
+        .bearer(&admin)
+        .json(&json!({"b": 2}))
+        .send()
+        .await;
+    app.delete("/v1/rooms/lobby/metadata")
+        .bearer(&admin)
+        .send()
+        .await;
+    let events = app.events("lobby").await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "room.metadata.updated",
+            "room.metadata.updated",
+            "room.metadata.deleted"
+        ]
+    );
+    assert_eq!(events[1].1["metadata"], json!({"a": 1, "b": 2}));
+    assert_eq!(events[1].1["patch"], json!({"b": 2}));
+    assert_eq!(events[1].1["strategy"], "merge");
+    assert_eq!(events[1].1["version"], 2);
+    assert_eq!(events[0].1["strategy"], "replace");
+    assert_eq!(events[2].1["version"], 3);
+    let outbox: i64 = sqlx::query_scalar("select count(*) from outbox where room = 'lobby'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 3, "durable changes are in the outbox too");
+}
