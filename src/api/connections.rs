@@ -87,8 +87,8 @@ impl ConnectionRule for WriteMetadata {
 }
 
 /// The connection in the path, loaded and checked against rule `R`: a
-/// connection the caller cannot see is a 404, one it sees but may not act
-/// on a 403.
+/// connection the caller can neither see nor act on is a 404, one it sees
+/// but may not act on a 403.
 pub struct ConnectionAccess<R> {
     pub user: AuthUser,
     pub connection: Connection,
@@ -106,7 +106,7 @@ impl<R: ConnectionRule> FromRequestParts<AppState> for ConnectionAccess<R> {
         let id = connection_id(parts, state).await?;
         let connection = connections::load(state, &id)
             .await?
-            .filter(|conn| View::allows(&user, conn))
+            .filter(|conn| View::allows(&user, conn) || R::allows(&user, conn))
             .ok_or_else(|| connections::not_found(&id))?;
         if !R::allows(&user, &connection) {
             return Err(Error::forbidden(R::DENIED));

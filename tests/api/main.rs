@@ -9,6 +9,7 @@
 
 mod auth;
 mod concurrency;
+mod connections;
 mod errors;
 mod helpers;
 mod openapi;
