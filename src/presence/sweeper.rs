@@ -17,6 +17,8 @@ use crate::state::AppState;
 const SWEEP_BATCH: usize = 100;
 /// A claimed connection whose sweeper died is retried after this long.
 const CLAIM_RETRY: Duration = Duration::from_secs(5);
+/// The reconciler leaves sessions younger than this to their starter.
+const START_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the sweeper and the reconciler until the instance stops.
 pub fn spawn(state: AppState) {
@@ -119,6 +121,11 @@ pub async fn reconcile(state: &AppState) -> Result<(), Error> {
                 .await?;
             continue;
         };
+        // A start younger than this is most likely still on its way to
+        // Postgres; recording it here would race its own events.
+        if chrono::Utc::now().timestamp_millis() - started_at < START_GRACE.as_millis() as i64 {
+            continue;
+        }
         let Ok(session_id) = Uuid::try_parse(&id) else {
             continue;
         };
