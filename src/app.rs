@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use redis::aio::ConnectionManager;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::auth::JwtKeys;
 use crate::config::Settings;
+use crate::events::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::state::AppState;
 
@@ -19,13 +21,17 @@ pub fn build_state(
     redis: ConnectionManager,
 ) -> anyhow::Result<AppState> {
     let keys = JwtKeys::new(&settings.jwt)?;
+    let redis_keys = crate::cache::Keys::new(&settings.redis_prefix);
+    let lifecycle = Lifecycle::default();
+    let hub = Hub::new(redis.clone(), redis_keys.clone(), lifecycle.clone());
     Ok(AppState {
         db,
         redis,
-        redis_keys: crate::cache::Keys::new(&settings.redis_prefix),
+        redis_keys,
         settings: Arc::new(settings),
         keys: Arc::new(keys),
-        lifecycle: Lifecycle::default(),
+        lifecycle,
+        hub,
         metrics: crate::metrics::handle(),
     })
 }
@@ -37,6 +43,16 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
     let db = crate::db::connect_and_migrate(&settings).await?;
     let redis = crate::cache::connect(&settings)?;
     build_state(settings, db, redis)
+}
+
+/// Starts the instance's background work: lease sweeping, session
+/// reconciliation and the event wake-up subscription.
+pub fn spawn_background(state: &AppState) -> anyhow::Result<()> {
+    crate::presence::sweeper::spawn(state.clone());
+    let client = redis::Client::open(state.settings.redis_url.expose_secret())
+        .context("REDIS_URL is not a valid redis:// URL")?;
+    state.hub.spawn_listener(client);
+    Ok(())
 }
 
 /// Binds the listener; separate from [`serve`] so callers can print the
@@ -56,7 +72,7 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
             .clone()
             .stop_on_signal(state.settings.shutdown_drain),
     );
-    crate::presence::sweeper::spawn(state.clone());
+    spawn_background(&state)?;
     let app = crate::api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "metacast listening");
     axum::serve(listener, app)

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use crate::auth::JwtKeys;
 use crate::cache::Keys;
 use crate::config::Settings;
+use crate::events::hub::Hub;
 use crate::lifecycle::Lifecycle;
 
 #[derive(Clone)]
@@ -21,6 +22,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub keys: Arc<JwtKeys>,
     pub lifecycle: Lifecycle,
+    /// This instance's event fan-out to its stream subscribers.
+    pub hub: Hub,
     pub metrics: PrometheusHandle,
 }
 

@@ -7,6 +7,7 @@ mod ops;
 mod pagination;
 mod rooms;
 mod sessions;
+mod streams;
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "presence", description = "Joining and leaving rooms; occupants"),
         (name = "sessions", description = "A room's sessions: first join to last leave"),
         (name = "connections", description = "Client connections with leases, and their metadata"),
+        (name = "events", description = "Change streams over Server-Sent Events"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -71,6 +73,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         // Connections and their metadata.
         .merge(connections::router())
+        // Event streams and stream tickets.
+        .merge(streams::router())
         // Health, readiness and metrics: no authentication.
         .merge(ops::router())
 }

@@ -33,7 +33,13 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts)?;
-        let keys = Arc::<JwtKeys>::from_ref(state);
+        Self::from_token(&Arc::<JwtKeys>::from_ref(state), token)
+    }
+}
+
+impl AuthUser {
+    /// Verifies a token however it arrived (header, stream ticket, cookie).
+    pub fn from_token(keys: &JwtKeys, token: &str) -> Result<Self, Error> {
         let verified = keys.verify(token).map_err(Error::Unauthorized)?;
         tracing::Span::current().record("user_id", verified.subject.as_str());
         Ok(Self {

@@ -57,6 +57,23 @@ impl Keys {
         format!("{}{{room:{room}}}:events", self.prefix)
     }
 
+    /// Pub/sub channel: room ids whose event stream grew (a wake-up only).
+    pub fn events_channel(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// String: this Redis dataset's epoch, part of every event id. Redis here
+    /// keeps nothing on disk: a restart loses it, and a new epoch tells
+    /// clients their old ids cannot be resumed.
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
+    /// String: a stream ticket → the token it stands for.
+    pub fn ticket(&self, ticket: &str) -> String {
+        format!("{}ticket:{ticket}", self.prefix)
+    }
+
     /// Sorted set: rooms with an active session → started_at (ms), for the reconciler.
     pub fn active_sessions(&self) -> String {
         format!("{}sessions:active", self.prefix)

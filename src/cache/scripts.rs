@@ -6,6 +6,10 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+// Every script that appends to a room's event stream also PUBLISHes the
+// room id on the events channel: a wake-up for the instances' stream hubs,
+// which then read the stream itself (so a lost wake-up loses nothing).
+
 /// Helpers prepended to every script.
 const PRELUDE: &str = r#"
 local function now_ms()
@@ -91,7 +95,7 @@ return 1
 
 /// KEYS: room members, room session, room events. ARGV: connection id,
 /// candidate session id, presence.joined payload without its closing brace,
-/// history length.
+/// history length, events channel, room id.
 /// → {joined (1) or already (0), occupancy, session id, started (1/0), joined_at}.
 ///
 /// First in starts the session. A join that does not start one records its
@@ -117,6 +121,7 @@ if n > tonumber(redis.call('HGET', KEYS[2], 'peak') or '0') then
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
   'type', 'presence.joined', 'data', ARGV[3] .. ',"occupancy":' .. n .. '}')
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {1, n, sid, 0, now}
 "#,
     )
@@ -124,7 +129,7 @@ return {1, n, sid, 0, now}
 
 /// KEYS: room members, room session, room events. ARGV: connection id,
 /// presence.left payload without its closing brace (empty: record nothing),
-/// history length.
+/// history length, events channel, room id.
 /// → {left (1) or not a member (0), occupancy, ended session id, peak}.
 ///
 /// Last out ends the session; only the caller whose HDEL removed the member
@@ -137,6 +142,7 @@ local n = redis.call('HLEN', KEYS[1])
 if ARGV[2] ~= '' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
     'type', 'presence.left', 'data', ARGV[2] .. ',"occupancy":' .. n .. '}')
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 if n == 0 then
   local s = redis.call('HMGET', KEYS[2], 'id', 'peak')

@@ -74,6 +74,8 @@ pub async fn join(
             .arg(candidate.to_string())
             .arg(joined_event.open_payload())
             .arg(presence.event_history)
+            .arg(keys.events_channel())
+            .arg(room.as_str())
             .invoke_async(&mut redis)
             .await?;
 
@@ -169,6 +171,8 @@ async fn leave_script(
         .arg(connection_id)
         .arg(payload)
         .arg(state.settings.presence.event_history)
+        .arg(keys.events_channel())
+        .arg(room)
         .invoke_async(&mut redis)
         .await?;
     let left = matches!(reply.first(), Some(redis::Value::Int(1)));

@@ -62,6 +62,29 @@ impl TestApp {
         Self::with_settings(pool, test_settings()).await
     }
 
+    /// Serves the app on an ephemeral loopback port, with its event wake-up
+    /// subscription running; returns the base URL. Stops with the lifecycle.
+    pub async fn listen(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(
+            &self.state.settings.redis_url,
+        ))
+        .expect("redis client");
+        self.state.hub.spawn_listener(client);
+        let lifecycle = self.state.lifecycle.clone();
+        let router = self.router.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { lifecycle.stopped().await })
+                .await
+                .expect("serve");
+        });
+        format!("http://{addr}")
+    }
+
     /// A second instance sharing this one's database and Redis prefix.
     pub async fn another_instance(&self) -> Self {
         Self::with_settings(self.state.db.clone(), (*self.state.settings).clone()).await

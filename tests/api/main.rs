@@ -16,3 +16,5 @@ mod openapi;
 mod ops;
 mod presence;
 mod rooms;
+mod sse;
+mod streams;

@@ -5,6 +5,10 @@
 //! commit. Ephemeral changes (presence, connection metadata) are appended to
 //! the stream directly, presence inside the same Lua script as the change.
 
+pub mod hub;
+pub mod ids;
+pub mod subscriber;
+
 use chrono::{SecondsFormat, Utc};
 use redis::aio::ConnectionManager;
 use serde_json::{Map, Value, json};
@@ -92,6 +96,7 @@ pub async fn append(
         return Ok(());
     }
     let mut pipe = redis::pipe();
+    let mut rooms: Vec<&str> = Vec::new();
     for event in events {
         pipe.cmd("XADD")
             .arg(keys.room_events(&event.room))
@@ -104,6 +109,12 @@ pub async fn append(
             .arg("data")
             .arg(event.data.to_string())
             .ignore();
+        if !rooms.contains(&event.room.as_str()) {
+            rooms.push(&event.room);
+        }
+    }
+    for room in rooms {
+        pipe.publish(keys.events_channel(), room).ignore();
     }
     let mut conn = redis.clone();
     pipe.query_async::<()>(&mut conn).await

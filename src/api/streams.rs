@@ -1,0 +1,195 @@
+//! Event streams over SSE, and the single-use tickets browsers open them with.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::ReceiverStream;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::rooms::find_room;
+use crate::auth::{Action, AuthUser, RoomPath};
+use crate::error::{Error, ProblemDetails};
+use crate::events::subscriber::{self, Start};
+use crate::extract::Query;
+use crate::state::AppState;
+
+/// How long a stream ticket is valid.
+const TICKET_TTL: Duration = Duration::from_secs(60);
+/// Keep-alive comments: proxies and browsers see traffic at least this often.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// The cookie that may carry the token for `EventSource` reconnects.
+const TOKEN_COOKIE: &str = "metacast_token";
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_ticket))
+        .routes(routes!(room_events))
+}
+
+/// A single-use stream ticket.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"ticket": "b3Jk…", "expires_at": "2026-11-22T19:01:00Z"}))]
+pub struct TicketOut {
+    /// Pass as `?ticket=` to open one stream.
+    pub ticket: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Create a single-use ticket (valid 60 s) that opens one event stream via
+/// `?ticket=`, for browsers whose `EventSource` cannot send headers. It
+/// carries the token's subject and permissions; tokens never go in URLs.
+#[utoipa::path(
+    post, path = "/v1/stream-tickets", tag = "events", operation_id = "events.ticket",
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "A ticket", body = TicketOut),
+        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn create_ticket(
+    _user: AuthUser,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<TicketOut>), Error> {
+    // The extractor verified it; the ticket stands for exactly this token.
+    let token =
+        bearer(&headers).ok_or_else(|| Error::Unauthorized("a bearer token is required".into()))?;
+    let mut random = [0u8; 32];
+    random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    random[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let ticket = URL_SAFE_NO_PAD.encode(random);
+    let mut redis = state.redis.clone();
+    redis::cmd("SET")
+        .arg(state.redis_keys.ticket(&ticket))
+        .arg(token)
+        .arg("PX")
+        .arg(TICKET_TTL.as_millis() as u64)
+        .query_async::<()>(&mut redis)
+        .await?;
+    let expires_at = Utc::now() + TICKET_TTL;
+    Ok((StatusCode::CREATED, Json(TicketOut { ticket, expires_at })))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// How a stream was authorized: a ticket, the bearer header, or the cookie.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// A single-use ticket from `POST /v1/stream-tickets`.
+    ticket: Option<String>,
+    /// Resume after this event id (same as the `Last-Event-ID` header).
+    last_event_id: Option<String>,
+}
+
+/// The caller of a stream endpoint, from a ticket (spent on use), the
+/// `Authorization` header, or the `metacast_token` cookie.
+pub struct StreamUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for StreamUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Query(params) = Query::<StreamParams>::from_request_parts(parts, state).await?;
+        if let Some(ticket) = params.ticket {
+            let mut redis = state.redis.clone();
+            let token: Option<String> = redis::cmd("GETDEL")
+                .arg(state.redis_keys.ticket(&ticket))
+                .query_async(&mut redis)
+                .await?;
+            let token = token
+                .ok_or_else(|| Error::Unauthorized("the ticket is spent or expired".into()))?;
+            return Ok(Self(AuthUser::from_token(&state.keys, &token)?));
+        }
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(Self(AuthUser::from_request_parts(parts, state).await?));
+        }
+        match cookie(&parts.headers, TOKEN_COOKIE) {
+            Some(token) => Ok(Self(AuthUser::from_token(&state.keys, token)?)),
+            None => Err(Error::Unauthorized(
+                "a ticket, an Authorization: Bearer token or the metacast_token cookie is required"
+                    .into(),
+            )),
+        }
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(key, value)| (key == name).then_some(value))
+}
+
+/// Every change in a room, as Server-Sent Events (needs `read`).
+///
+/// Starts with one `sync` event (room metadata and version, the session
+/// with its metadata, the occupants), or — with `Last-Event-ID` /
+/// `last_event_id` — replays exactly what was missed; when history cannot
+/// cover the gap it sends a `sync` instead. Then every change, in order.
+/// Keep-alive comments every 15 s. The stream ends when the token expires,
+/// when the room is deleted (after `room.deleted`), or when the instance
+/// shuts down; reconnect with the last id.
+#[utoipa::path(
+    get, path = "/v1/rooms/{room}/events", tag = "events", operation_id = "events.room",
+    params(
+        ("room" = String, Path, description = "Room id"),
+        StreamParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid room id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token, or a spent ticket", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "The token does not allow read on this room", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such room", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres or Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn room_events(
+    StreamUser(user): StreamUser,
+    RoomPath(room): RoomPath,
+    State(state): State<AppState>,
+    Query(params): Query<StreamParams>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
+    if !user.permissions.allows(&room, Action::Read) {
+        return Err(Error::forbidden(format!(
+            "the token does not allow read on room {room}"
+        )));
+    }
+    find_room(&state, &room).await?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .or(params.last_event_id);
+    let start = last_event_id.map_or(Start::Sync, Start::After);
+    let frames = subscriber::open(&state, room.as_str(), start, user.expires_at).await?;
+    let stream = futures_util::StreamExt::map(ReceiverStream::new(frames), Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}

@@ -1,0 +1,333 @@
+//! Per-instance fan-out. One Redis subscription per instance carries
+//! wake-ups ("room X has new events"); one feed per room with local
+//! subscribers then reads the room's stream from where it left off and
+//! broadcasts each entry to them. Wake-ups carry no data, so a lost one
+//! only delays delivery: a feed also polls, and every feed catches up when
+//! the subscription reconnects.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::{Notify, broadcast};
+
+use super::ids::{StreamPosition, current_epoch};
+use crate::cache::Keys;
+use crate::lifecycle::Lifecycle;
+
+/// Entries one feed buffers for its subscribers; a subscriber that falls
+/// further behind gets a `sync` instead.
+const FEED_CAPACITY: usize = 256;
+/// Entries read per XRANGE.
+const READ_BATCH: usize = 256;
+/// A feed re-reads its stream (and checks the epoch) at least this often.
+const POLL: Duration = Duration::from_secs(5);
+/// Wait before re-subscribing after the subscription failed.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+
+/// One stored event, as read back from the room's stream.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub position: StreamPosition,
+    pub kind: String,
+    pub data: String,
+}
+
+/// What a feed sends its subscribers.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Event(Arc<StoredEvent>),
+    /// The history was lost (Redis restarted): every subscriber resyncs.
+    Resync,
+}
+
+/// The live feed of one room on this instance; kept alive by its subscribers.
+pub struct Feed {
+    sender: broadcast::Sender<Delivery>,
+    wake: Notify,
+}
+
+struct Inner {
+    redis: ConnectionManager,
+    keys: Keys,
+    lifecycle: Lifecycle,
+    feeds: Mutex<HashMap<String, Weak<Feed>>>,
+}
+
+/// The instance's fan-out hub; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    pub fn new(redis: ConnectionManager, keys: Keys, lifecycle: Lifecycle) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                redis,
+                keys,
+                lifecycle,
+                feeds: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Subscribes to a room's live feed, starting it if needed. Hold the
+    /// returned `Arc` for as long as the receiver is used.
+    pub async fn subscribe(
+        &self,
+        room: &str,
+    ) -> redis::RedisResult<(Arc<Feed>, broadcast::Receiver<Delivery>)> {
+        if let Some(feed) = self.feed(room) {
+            let receiver = feed.sender.subscribe();
+            return Ok((feed, receiver));
+        }
+        // Start from the stream's end: older entries are the subscriber's
+        // own replay or snapshot.
+        let start = stream_end(&self.inner.redis, &self.inner.keys, room).await?;
+        let epoch = current_epoch(&self.inner.redis, &self.inner.keys).await?;
+        let mut feeds = self.lock();
+        if let Some(feed) = feeds.get(room).and_then(Weak::upgrade) {
+            let receiver = feed.sender.subscribe();
+            return Ok((feed, receiver));
+        }
+        let (sender, receiver) = broadcast::channel(FEED_CAPACITY);
+        let feed = Arc::new(Feed {
+            sender,
+            wake: Notify::new(),
+        });
+        feeds.insert(room.to_owned(), Arc::downgrade(&feed));
+        drop(feeds);
+        tokio::spawn(run_feed(
+            self.inner.clone(),
+            room.to_owned(),
+            Arc::downgrade(&feed),
+            start,
+            epoch,
+        ));
+        Ok((feed, receiver))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<Feed>>> {
+        // A poisoned map only means a panic elsewhere; its contents are fine.
+        self.inner
+            .feeds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn feed(&self, room: &str) -> Option<Arc<Feed>> {
+        self.lock().get(room).and_then(Weak::upgrade)
+    }
+
+    /// Wakes the room's feed, if this instance has one.
+    pub fn wake(&self, room: &str) {
+        if let Some(feed) = self.feed(room) {
+            feed.wake.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        let feeds: Vec<Arc<Feed>> = self.lock().values().filter_map(Weak::upgrade).collect();
+        for feed in feeds {
+            feed.wake.notify_one();
+        }
+    }
+
+    /// Listens for wake-ups on the events channel until the instance stops,
+    /// re-subscribing (and waking every feed to catch up) after any failure.
+    pub fn spawn_listener(&self, client: redis::Client) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let channel = hub.inner.keys.events_channel();
+            let stopped = hub.inner.lifecycle.clone();
+            loop {
+                tokio::select! {
+                    () = stopped.stopped() => return,
+                    result = hub.listen(&client, &channel) => {
+                        if let Err(err) = result {
+                            tracing::warn!(error = %err, "event wake-up subscription lost; re-subscribing");
+                        }
+                    }
+                }
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+            }
+        });
+    }
+
+    async fn listen(&self, client: &redis::Client, channel: &str) -> redis::RedisResult<()> {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        // Whatever was published while we were not subscribed: catch up.
+        self.wake_all();
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            if let Ok(room) = message.get_payload::<String>() {
+                self.wake(&room);
+            }
+        }
+        Err(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )))
+    }
+}
+
+async fn run_feed(
+    inner: Arc<Inner>,
+    room: String,
+    feed: Weak<Feed>,
+    mut position: StreamPosition,
+    mut epoch: String,
+) {
+    let mut poll = tokio::time::interval(POLL);
+    poll.tick().await;
+    loop {
+        let polled = {
+            let Some(current) = feed.upgrade() else { break };
+            tokio::select! {
+                () = inner.lifecycle.stopped() => break,
+                () = current.wake.notified() => false,
+                _ = poll.tick() => true,
+            }
+        };
+        let Some(current) = feed.upgrade() else { break };
+        if polled {
+            match current_epoch(&inner.redis, &inner.keys).await {
+                Ok(now) if now != epoch => {
+                    epoch = now;
+                    position = stream_end(&inner.redis, &inner.keys, &room)
+                        .await
+                        .unwrap_or_default();
+                    let _ = current.sender.send(Delivery::Resync);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(error = %err, room, "feed cannot reach Redis");
+                    continue;
+                }
+            }
+        }
+        match read_after(&inner.redis, &inner.keys, &room, position).await {
+            Ok(events) => {
+                for event in events {
+                    position = event.position;
+                    // No receivers is fine: the feed ends on the next round.
+                    let _ = current.sender.send(Delivery::Event(Arc::new(event)));
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, room, "feed cannot read its stream"),
+        }
+    }
+    let mut feeds = inner
+        .feeds
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if feeds
+        .get(&room)
+        .is_some_and(|weak| weak.upgrade().is_none())
+    {
+        feeds.remove(&room);
+    }
+}
+
+/// The id of the room stream's newest entry (`0-0` when empty).
+pub async fn stream_end(
+    redis: &ConnectionManager,
+    keys: &Keys,
+    room: &str,
+) -> redis::RedisResult<StreamPosition> {
+    let mut conn = redis.clone();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys.room_events(room))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    Ok(reply
+        .ids
+        .first()
+        .and_then(|entry| StreamPosition::parse(&entry.id))
+        .unwrap_or_default())
+}
+
+/// Every entry of the room's stream after `position`, oldest first.
+pub async fn read_after(
+    redis: &ConnectionManager,
+    keys: &Keys,
+    room: &str,
+    mut position: StreamPosition,
+) -> redis::RedisResult<Vec<StoredEvent>> {
+    let mut conn = redis.clone();
+    let mut events = Vec::new();
+    loop {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys.room_events(room))
+            .arg(format!("({position}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(READ_BATCH)
+            .query_async(&mut conn)
+            .await?;
+        let count = reply.ids.len();
+        for entry in reply.ids {
+            let Some(at) = StreamPosition::parse(&entry.id) else {
+                continue;
+            };
+            position = at;
+            events.push(StoredEvent {
+                position: at,
+                kind: entry.get("type").unwrap_or_default(),
+                data: entry.get("data").unwrap_or_default(),
+            });
+        }
+        if count < READ_BATCH {
+            return Ok(events);
+        }
+    }
+}
+
+/// The oldest position a client may resume from: the stream's first entry
+/// once trimming has removed anything (a client positioned before it may
+/// have missed events), else `0-0`.
+pub async fn resumable_from(
+    redis: &ConnectionManager,
+    keys: &Keys,
+    room: &str,
+) -> redis::RedisResult<StreamPosition> {
+    let mut conn = redis.clone();
+    let info: redis::RedisResult<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(keys.room_events(room))
+        .query_async(&mut conn)
+        .await;
+    let info = match info {
+        Ok(info) => info,
+        // No stream yet: nothing was ever trimmed.
+        Err(err)
+            if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+        {
+            return Ok(StreamPosition::default());
+        }
+        Err(err) => return Err(err),
+    };
+    let number = |name: &str| {
+        info.get(name)
+            .and_then(|value| redis::from_redis_value_ref::<u64>(value).ok())
+    };
+    if number("entries-added") <= number("length") {
+        return Ok(StreamPosition::default());
+    }
+    Ok(info
+        .get("recorded-first-entry-id")
+        .and_then(|value| redis::from_redis_value_ref::<String>(value).ok())
+        .and_then(|id| StreamPosition::parse(&id))
+        .unwrap_or(StreamPosition {
+            ms: u64::MAX,
+            seq: 0,
+        }))
+}

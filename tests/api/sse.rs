@@ -1,0 +1,116 @@
+//! A minimal SSE client over a real TCP connection, for stream tests.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// How long a test waits for the next frame before failing.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One SSE event.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+}
+
+pub struct SseStream {
+    body: Incoming,
+    buffer: String,
+}
+
+/// Opens `url` with the given headers; the stream when the answer is 200.
+pub async fn open(url: &str, headers: &[(&str, &str)]) -> (StatusCode, Option<SseStream>) {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = hyper::Request::get(url).header("accept", "text/event-stream");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .expect("request");
+    let status = response.status();
+    if status != StatusCode::OK {
+        return (status, None);
+    }
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    (
+        status,
+        Some(SseStream {
+            body: response.into_body(),
+            buffer: String::new(),
+        }),
+    )
+}
+
+impl SseStream {
+    /// The next event (comments skipped), or `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(frame) = parse(&block) {
+                    return Some(frame);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(FRAME_TIMEOUT, self.body.frame())
+                .await
+                .expect("a frame within the timeout");
+            match chunk {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer
+                            .push_str(std::str::from_utf8(&data).expect("UTF-8"));
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event, which must be of `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Frame {
+        let frame = self
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("stream ended before {kind}"));
+        assert_eq!(frame.event, kind, "{frame:?}");
+        frame
+    }
+
+    /// Asserts that nothing arrives within `wait` (keep-alives aside).
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Ok(frame) = tokio::time::timeout(wait, self.next()).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+}
+
+fn parse(block: &str) -> Option<Frame> {
+    let (mut id, mut event, mut data) = (String::new(), String::from("message"), String::new());
+    for line in block.lines() {
+        if let Some(value) = line.strip_prefix("id:") {
+            id = value.trim_start().to_owned();
+        } else if let Some(value) = line.strip_prefix("event:") {
+            event = value.trim_start().to_owned();
+        } else if let Some(value) = line.strip_prefix("data:") {
+            data.push_str(value.trim_start());
+        }
+    }
+    (!data.is_empty()).then(|| Frame {
+        id,
+        event,
+        data: serde_json::from_str(&data).expect("JSON data"),
+    })
+}

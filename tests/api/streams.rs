@@ -1,0 +1,270 @@
+//! Event streams over a real socket: sync, live delivery across instances,
+//! exact replay, tickets, permissions and the end of a stream.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::TestApp;
+use crate::sse::{self, SseStream};
+
+async fn subscribe(base: &str, room: &str, token: &str, extra: &[(&str, &str)]) -> SseStream {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    let (status, stream) = sse::open(&format!("{base}/v1/rooms/{room}/events"), &headers).await;
+    assert_eq!(status, StatusCode::OK);
+    stream.unwrap()
+}
+
+async fn patch(app: &TestApp, room: &str, body: Value) {
+    let response = app
+        .patch(&format!("/v1/rooms/{room}/metadata"))
+        .bearer(&app.admin())
+        .json(&body)
+        .send()
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{response:?}");
+}
+
+#[sqlx::test]
+async fn a_stream_starts_with_sync_then_delivers_changes(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let token = app.token_for("alice", &[("lobby", &["read", "join"])]);
+    app.create_room("lobby", json!({"topic": "a"})).await;
+
+    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
+    let sync = stream.expect("sync").await;
+    assert_eq!(sync.data["metadata"], json!({"topic": "a"}));
+    assert_eq!(sync.data["version"], 1);
+    assert_eq!(sync.data["session"], Value::Null);
+    assert_eq!(sync.data["occupants"], json!([]));
+
+    patch(&app, "lobby", json!({"n": 1})).await;
+    let update = stream.expect("room.metadata.updated").await;
+    assert_eq!(update.data["version"], 2);
+    assert_eq!(update.data["metadata"], json!({"topic": "a", "n": 1}));
+    assert_eq!(update.data["patch"], json!({"n": 1}));
+
+    let conn = app.connect(&token).await;
+    app.join(&token, "lobby", &conn).await;
+    let started = stream.expect("session.started").await;
+    let joined = stream.expect("presence.joined").await;
+    assert_eq!(joined.data["connection_id"], conn.as_str());
+    assert!(started.data["session_id"].is_string(), "{started:?}");
+    let ids = [&sync.id, &update.id, &started.id, &joined.id];
+    assert!(
+        ids.windows(2).all(|w| w[0] != w[1]),
+        "distinct ids: {ids:?}"
+    );
+}
+
+#[sqlx::test]
+async fn changes_through_one_instance_reach_streams_on_another(pool: PgPool) {
+    let one = TestApp::new(pool).await;
+    let two = one.another_instance().await;
+    let base_one = one.listen().await;
+    two.listen().await;
+    one.create_room("lobby", json!({})).await;
+    let token = one.admin();
+
+    let mut stream = subscribe(&base_one, "lobby", &token, &[]).await;
+    stream.expect("sync").await;
+    for n in 1..=5 {
+        patch(&two, "lobby", json!({"n": n})).await;
+    }
+    for n in 1..=5 {
+        let frame = stream.expect("room.metadata.updated").await;
+        assert_eq!(frame.data["metadata"]["n"], n, "in order");
+    }
+}
+
+#[sqlx::test]
+async fn reconnecting_with_last_event_id_replays_exactly_what_was_missed(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let token = app.admin();
+    app.create_room("lobby", json!({})).await;
+
+    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
+    stream.expect("sync").await;
+    patch(&app, "lobby", json!({"n": 1})).await;
+    let seen = stream.expect("room.metadata.updated").await;
+    drop(stream);
+
+    patch(&app, "lobby", json!({"n": 2})).await;
+    patch(&app, "lobby", json!({"n": 3})).await;
+
+    let mut resumed = subscribe(&base, "lobby", &token, &[("last-event-id", &seen.id)]).await;
+    let second = resumed.expect("room.metadata.updated").await;
+    let third = resumed.expect("room.metadata.updated").await;
+    assert_eq!(
+        (
+            second.data["version"].clone(),
+            third.data["version"].clone()
+        ),
+        (json!(3), json!(4))
+    );
+    resumed.assert_quiet(Duration::from_millis(300)).await;
+
+    // The query parameter works the same way, for clients that cannot set headers.
+    let url = format!("{base}/v1/rooms/lobby/events?last_event_id={}", second.id);
+    let auth = format!("Bearer {token}");
+    let (_, by_query) = sse::open(&url, &[("authorization", &auth)]).await;
+    let replayed = by_query.unwrap().expect("room.metadata.updated").await;
+    assert_eq!(replayed.id, third.id);
+}
+
+#[sqlx::test]
+async fn an_unusable_last_event_id_yields_a_sync(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let token = app.admin();
+    app.create_room("lobby", json!({"a": 1})).await;
+    let mut first = subscribe(&base, "lobby", &token, &[]).await;
+    let sync = first.expect("sync").await;
+    let (epoch, position) = sync.id.split_once('-').unwrap();
+    let other_epoch = format!("{}-{position}", if epoch == "0" { "1" } else { "0" });
+    let future = format!("{epoch}-99999999999999-0");
+    for id in ["garbage", "1-2", other_epoch.as_str(), future.as_str()] {
+        let mut stream = subscribe(&base, "lobby", &token, &[("last-event-id", id)]).await;
+        let frame = stream.expect("sync").await;
+        assert_eq!(frame.data["metadata"], json!({"a": 1}), "{id}");
+    }
+}
+
+#[sqlx::test]
+async fn a_trimmed_history_yields_a_sync(pool: PgPool) {
+    let mut settings = crate::helpers::test_settings();
+    settings.presence.event_history = 3;
+    let app = TestApp::with_settings(pool, settings).await;
+    let base = app.listen().await;
+    let token = app.admin();
+    app.create_room("lobby", json!({})).await;
+    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
+    let sync = stream.expect("sync").await;
+    drop(stream);
+    // Far more than the history keeps (MAXLEN ~ trims whole nodes: write plenty).
+    for n in 0..300 {
+        patch(&app, "lobby", json!({"n": n})).await;
+    }
+    let mut resumed = subscribe(&base, "lobby", &token, &[("last-event-id", &sync.id)]).await;
+    let frame = resumed.expect("sync").await;
+    assert_eq!(frame.data["metadata"]["n"], 299);
+}
+
+#[sqlx::test]
+async fn tickets_open_one_stream_each(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    app.create_room("lobby", json!({})).await;
+    let reader = app.token_for("alice", &[("lobby", &["read"])]);
+    let created = app.post("/v1/stream-tickets").bearer(&reader).send().await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let ticket = created.json()["ticket"].as_str().unwrap().to_owned();
+    assert!(
+        ticket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
+
+    let url = format!("{base}/v1/rooms/lobby/events?ticket={ticket}");
+    let (status, stream) = sse::open(&url, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    stream.unwrap().expect("sync").await;
+
+    let (spent, _) = sse::open(&url, &[]).await;
+    assert_eq!(spent, StatusCode::UNAUTHORIZED, "single use");
+    let (forged, _) = sse::open(&format!("{base}/v1/rooms/lobby/events?ticket=forged"), &[]).await;
+    assert_eq!(forged, StatusCode::UNAUTHORIZED);
+
+    // A ticket carries its token's permissions, no more.
+    let ticket = app
+        .post("/v1/stream-tickets")
+        .bearer(&reader)
+        .send()
+        .await
+        .json()["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.create_room("other", json!({})).await;
+    let (denied, _) = sse::open(
+        &format!("{base}/v1/rooms/other/events?ticket={ticket}"),
+        &[],
+    )
+    .await;
+    assert_eq!(denied, StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test]
+async fn the_token_cookie_authorizes_streams(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    app.create_room("lobby", json!({})).await;
+    let token = app.token_for("alice", &[("lobby", &["read"])]);
+    let cookie = format!("theme=dark; metacast_token={token}");
+    let (status, stream) = sse::open(
+        &format!("{base}/v1/rooms/lobby/events"),
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    stream.unwrap().expect("sync").await;
+}
+
+#[sqlx::test]
+async fn streams_check_authentication_permission_and_existence(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    app.create_room("lobby", json!({})).await;
+    let url = format!("{base}/v1/rooms/lobby/events");
+    assert_eq!(sse::open(&url, &[]).await.0, StatusCode::UNAUTHORIZED);
+    let stranger = format!("Bearer {}", app.token_for("eve", &[("other", &["read"])]));
+    assert_eq!(
+        sse::open(&url, &[("authorization", &stranger)]).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let admin = format!("Bearer {}", app.admin());
+    let missing = format!("{base}/v1/rooms/nowhere/events");
+    assert_eq!(
+        sse::open(&missing, &[("authorization", &admin)]).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[sqlx::test]
+async fn deleting_the_room_ends_its_streams_after_room_deleted(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let token = app.admin();
+    app.create_room("lobby", json!({})).await;
+    let conn = app.connect(&token).await;
+    app.join(&token, "lobby", &conn).await;
+    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
+    let sync = stream.expect("sync").await;
+    assert_eq!(sync.data["occupants"][0]["id"], conn.as_str());
+    assert_eq!(sync.data["session"]["occupancy"], 1);
+
+    app.delete("/v1/rooms/lobby").bearer(&token).send().await;
+    let left = stream.expect("presence.left").await;
+    assert_eq!(left.data["reason"], "evicted");
+    stream.expect("session.ended").await;
+    stream.expect("room.deleted").await;
+    assert!(stream.next().await.is_none(), "the stream ends");
+}
+
+#[sqlx::test]
+async fn shutdown_ends_open_streams(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let token = app.admin();
+    app.create_room("lobby", json!({})).await;
+    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
+    stream.expect("sync").await;
+    app.state.lifecycle.stop();
+    assert!(stream.next().await.is_none(), "the stream ends on shutdown");
+}
