@@ -22,12 +22,21 @@ select trigger_updated_at('sessions');
 
 -- Transactional outbox: each durable change records its event in the same
 -- transaction. No foreign key to rooms: `room.deleted` must outlive the room.
+-- `seq` numbers a room's durable events (taken on the locked room row), so
+-- they reach the Redis stream in commit order and at most once.
 create table outbox (
-    id         bigserial primary key,
-    room       text collate "C" not null,
-    event_type text        not null,
-    payload    jsonb       not null,
-    created_at timestamptz not null default now()
+    id           bigserial primary key,
+    room         text collate "C" not null,
+    seq          bigint      not null,
+    event_type   text        not null,
+    payload      jsonb       not null,
+    created_at   timestamptz not null default now(),
+    -- Set once the event is known to be in the room's Redis stream.
+    published_at timestamptz,
+    unique (room, seq)
 );
 
 create index outbox_created_at on outbox (created_at);
+create index outbox_unpublished on outbox (created_at) where published_at is null;
+
+alter table rooms add column event_seq bigint not null default 0;

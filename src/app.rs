@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::events::hub::Hub;
+use crate::events::relay::OutboxMarks;
 use crate::lifecycle::Lifecycle;
 use crate::state::AppState;
 
@@ -24,6 +25,7 @@ pub fn build_state(
     let redis_keys = crate::cache::Keys::new(&settings.redis_prefix);
     let lifecycle = Lifecycle::default();
     let hub = Hub::new(redis.clone(), redis_keys.clone(), lifecycle.clone());
+    let outbox_marks = OutboxMarks::spawn(db.clone(), lifecycle.clone());
     Ok(AppState {
         db,
         redis,
@@ -32,6 +34,7 @@ pub fn build_state(
         keys: Arc::new(keys),
         lifecycle,
         hub,
+        outbox_marks,
         metrics: crate::metrics::handle(),
     })
 }
@@ -46,9 +49,10 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
 }
 
 /// Starts the instance's background work: lease sweeping, session
-/// reconciliation and the event wake-up subscription.
+/// reconciliation, the outbox relay and the event wake-up subscription.
 pub fn spawn_background(state: &AppState) -> anyhow::Result<()> {
     crate::presence::sweeper::spawn(state.clone());
+    crate::events::relay::spawn(state.clone());
     let client = redis::Client::open(state.settings.redis_url.expose_secret())
         .context("REDIS_URL is not a valid redis:// URL")?;
     state.hub.spawn_listener(client);

@@ -13,6 +13,10 @@ use sqlx::PgPool;
 const REQUESTS: &str = "metacast_http_requests_total";
 const DURATION: &str = "metacast_http_request_duration_seconds";
 const POOL: &str = "metacast_db_pool_connections";
+const OPEN_STREAMS: &str = "metacast_open_streams";
+const STREAM_SYNCS: &str = "metacast_stream_syncs_total";
+const OUTBOX_BACKLOG: &str = "metacast_outbox_backlog";
+const SWEEPER_LAG: &str = "metacast_sweeper_lag_seconds";
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -57,11 +61,48 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// Renders the exposition text, sampling the pool gauges first.
-pub fn render(handle: &PrometheusHandle, pool: &PgPool) -> String {
+/// Counts an open event stream for as long as the guard lives.
+pub struct OpenStream(());
+
+impl OpenStream {
+    pub fn start() -> Self {
+        metrics::gauge!(OPEN_STREAMS).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(OPEN_STREAMS).decrement(1.0);
+    }
+}
+
+/// Counts a `sync` sent to a stream: `start` (new subscription or an id
+/// that cannot be resumed), `lag` (the subscriber fell behind), or `resync`
+/// (the event history was lost).
+pub fn stream_sync(reason: &'static str) {
+    metrics::counter!(STREAM_SYNCS, "reason" => reason).increment(1);
+}
+
+/// Values sampled from the stores when `/metrics` is scraped; `None` when a
+/// store cannot be asked (the scrape still succeeds).
+pub struct Sampled {
+    pub outbox_backlog: Option<i64>,
+    /// How far the oldest unswept lease deadline lies in the past.
+    pub sweeper_lag_seconds: Option<f64>,
+}
+
+/// Renders the exposition text, sampling the pool and store gauges first.
+pub fn render(handle: &PrometheusHandle, pool: &PgPool, sampled: &Sampled) -> String {
     let idle = pool.num_idle() as f64;
     let total = f64::from(pool.size());
     metrics::gauge!(POOL, "state" => "idle").set(idle);
     metrics::gauge!(POOL, "state" => "in_use").set(total - idle);
+    if let Some(backlog) = sampled.outbox_backlog {
+        metrics::gauge!(OUTBOX_BACKLOG).set(backlog as f64);
+    }
+    if let Some(lag) = sampled.sweeper_lag_seconds {
+        metrics::gauge!(SWEEPER_LAG).set(lag);
+    }
     handle.render()
 }

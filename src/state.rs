@@ -11,6 +11,7 @@ use crate::auth::JwtKeys;
 use crate::cache::Keys;
 use crate::config::Settings;
 use crate::events::hub::Hub;
+use crate::events::relay::OutboxMarks;
 use crate::lifecycle::Lifecycle;
 
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// This instance's event fan-out to its stream subscribers.
     pub hub: Hub,
+    /// Batches "published" marks for outbox rows.
+    pub outbox_marks: OutboxMarks,
     pub metrics: PrometheusHandle,
 }
 

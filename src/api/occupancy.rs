@@ -13,10 +13,10 @@ use utoipa_axum::routes;
 
 use super::connections::connection_id;
 use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
-use super::rooms::{find_room, publish};
+use super::rooms::find_room;
 use crate::auth::{Action, AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
 use crate::error::{Error, ProblemDetails};
-use crate::events::Event;
+use crate::events::{self, Event};
 use crate::extract::Query;
 use crate::presence::{connections, occupancy};
 use crate::state::AppState;
@@ -251,7 +251,7 @@ async fn clear_room(
     let room = access.room.as_str();
     find_room(&state, &access.room).await?;
     occupancy::evict_all(&state, room, &access.user.subject).await?;
-    publish(
+    events::publish(
         &state,
         &[Event::new(
             "room.cleared",

@@ -87,7 +87,14 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, Error> {
                body = String, content_type = "text/plain; version=0.0.4"))
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = crate::metrics::render(&state.metrics, &state.db);
+    let backlog = tokio::time::timeout(PROBE_TIMEOUT, crate::db::outbox::backlog(&state.db));
+    let lag = tokio::time::timeout(PROBE_TIMEOUT, sweeper_lag(&state));
+    let (backlog, lag) = tokio::join!(backlog, lag);
+    let sampled = crate::metrics::Sampled {
+        outbox_backlog: backlog.ok().and_then(Result::ok),
+        sweeper_lag_seconds: lag.ok().and_then(Result::ok),
+    };
+    let body = crate::metrics::render(&state.metrics, &state.db, &sampled);
     (
         [(
             header::CONTENT_TYPE,
@@ -96,4 +103,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Seconds since the oldest lease deadline still waiting for the sweeper
+/// (0 when none is overdue), measured on Redis' clock like the leases.
+async fn sweeper_lag(state: &AppState) -> redis::RedisResult<f64> {
+    let mut redis = state.redis.clone();
+    let (oldest, (seconds, micros)): (Vec<(String, f64)>, (i64, i64)) = redis::pipe()
+        .cmd("ZRANGE")
+        .arg(state.redis_keys.deadlines())
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES")
+        .cmd("TIME")
+        .query_async(&mut redis)
+        .await?;
+    let now_ms = seconds as f64 * 1000.0 + micros as f64 / 1000.0;
+    Ok(oldest
+        .first()
+        .map_or(0.0, |(_, deadline)| ((now_ms - deadline) / 1000.0).max(0.0)))
 }

@@ -275,11 +275,11 @@ async fn delete_room(
         actor,
         serde_json::json!({}),
     ));
-    for event in &durable {
+    for event in &mut durable {
         outbox::record(&mut tx, event).await?;
     }
     tx.commit().await?;
-    publish(&state, &durable).await;
+    events::publish(&state, &durable).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -509,7 +509,7 @@ async fn write_metadata(
     let existing = exists.then_some((&row.metadata.0, row.version));
     let document = write.apply_checked(existing, preconditions, &state.settings.limits)?;
     let stored = db::store_metadata(&mut tx, room.as_str(), &document, row.version + 1).await?;
-    let event = if write.is_reset() {
+    let mut event = if write.is_reset() {
         Event::new(
             "room.metadata.deleted",
             room.as_str(),
@@ -527,21 +527,10 @@ async fn write_metadata(
             None,
         )
     };
-    outbox::record(&mut tx, &event).await?;
+    outbox::record(&mut tx, &mut event).await?;
     tx.commit().await?;
-    publish(state, std::slice::from_ref(&event)).await;
+    events::publish(state, std::slice::from_ref(&event)).await;
     Ok((stored, !exists))
-}
-
-/// Appends committed events to the room stream.
-pub(super) async fn publish(state: &AppState, events: &[Event]) {
-    events::publish_committed(
-        &state.redis,
-        &state.redis_keys,
-        state.settings.presence.event_history,
-        events,
-    )
-    .await;
 }
 
 pub(super) async fn find_room(state: &AppState, room: &RoomId) -> Result<RoomRow, Error> {

@@ -14,13 +14,13 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
-use super::rooms::{content_type, not_modified, publish, with_etag};
+use super::rooms::{content_type, not_modified, with_etag};
 use crate::auth::{Action, AuthUser, Read, RoomAccess, WriteSession};
 use crate::db::outbox;
 use crate::db::sessions::{self as db, SessionRow};
 use crate::document::{Preconditions, Write};
 use crate::error::{Error, ProblemDetails};
-use crate::events::Event;
+use crate::events::{self, Event};
 use crate::extract::{Body, Query};
 use crate::ids::{RoomId, parse_uuid};
 use crate::presence::occupancy;
@@ -303,7 +303,7 @@ async fn write_metadata(
         &state.settings.limits,
     )?;
     let stored = db::store_metadata(&mut tx, row.id, &document, row.version + 1).await?;
-    let event = Event::metadata_updated(
+    let mut event = Event::metadata_updated(
         "session.metadata.updated",
         room.as_str(),
         &access.user.subject,
@@ -312,9 +312,9 @@ async fn write_metadata(
         write,
         Some(("session_id", &stored.id.to_string())),
     );
-    outbox::record(&mut tx, &event).await?;
+    outbox::record(&mut tx, &mut event).await?;
     tx.commit().await?;
-    publish(state, std::slice::from_ref(&event)).await;
+    events::publish(state, std::slice::from_ref(&event)).await;
     Ok(stored)
 }
 

@@ -74,6 +74,11 @@ impl Keys {
         format!("{}ticket:{ticket}", self.prefix)
     }
 
+    /// String: the sequence number of the room's last durable event in its stream.
+    pub fn room_published_seq(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:published_seq", self.prefix)
+    }
+
     /// Sorted set: rooms with an active session → started_at (ms), for the reconciler.
     pub fn active_sessions(&self) -> String {
         format!("{}sessions:active", self.prefix)

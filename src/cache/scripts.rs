@@ -188,3 +188,40 @@ return out
 "#,
     )
 });
+
+/// KEYS: room events, the room's published-sequence key. ARGV: history
+/// length, events channel, room id, force (1: accept a gap), then
+/// (sequence, type, data) for each durable event in sequence order.
+/// → per event: 1 appended, 0 already there, -1 held back (an earlier one
+/// is missing; the relay appends them in order).
+///
+/// This is what keeps the inline publish and the outbox relay from
+/// duplicating or reordering a room's durable events.
+pub static APPEND_DURABLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local last = redis.call('GET', KEYS[2])
+last = last and tonumber(last)
+local out = {}
+local appended = false
+for i = 5, #ARGV, 3 do
+  local seq = tonumber(ARGV[i])
+  if last and seq <= last then
+    table.insert(out, 0)
+  elseif last and seq > last + 1 and ARGV[4] ~= '1' then
+    table.insert(out, -1)
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i + 1], 'data', ARGV[i + 2])
+    last = seq
+    appended = true
+    table.insert(out, 1)
+  end
+end
+if appended then
+  redis.call('SET', KEYS[2], last)
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return out
+"#,
+    )
+});

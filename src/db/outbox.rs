@@ -1,19 +1,80 @@
 //! The transactional outbox: an event row written in the same transaction as
-//! the change it describes.
+//! the change it describes, numbered per room.
 
-use sqlx::PgConnection;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{FromRow, PgConnection, PgExecutor};
 
 use crate::events::Event;
 
-/// Records `event` in the current transaction.
+/// Records `event` in the current transaction with the room's next
+/// sequence number; fills in the event's `outbox` position.
 #[tracing::instrument(skip_all, fields(event = event.kind))]
-pub async fn record(conn: &mut PgConnection, event: &Event) -> sqlx::Result<()> {
-    sqlx::query("insert into outbox (room, event_type, payload) values ($1, $2, $3)")
-        .bind(&event.room)
-        .bind(event.kind)
-        .bind(sqlx::types::Json(&event.data))
-        .execute(conn)
-        .await?;
+pub async fn record(conn: &mut PgConnection, event: &mut Event) -> sqlx::Result<()> {
+    let (seq,): (i64,) = sqlx::query_as(
+        "update rooms set event_seq = event_seq + 1 where id = $1 returning event_seq",
+    )
+    .bind(&event.room)
+    .fetch_one(&mut *conn)
+    .await?;
+    let (id,): (i64,) = sqlx::query_as(
+        "insert into outbox (room, seq, event_type, payload) values ($1, $2, $3, $4) returning id",
+    )
+    .bind(&event.room)
+    .bind(seq)
+    .bind(event.kind)
+    .bind(Json(&event.data))
+    .fetch_one(conn)
+    .await?;
+    event.outbox = Some((id, seq));
+    Ok(())
+}
+
+/// An outbox row not yet known to be in Redis.
+#[derive(Debug, Clone, FromRow)]
+pub struct PendingRow {
+    pub id: i64,
+    pub room: String,
+    pub seq: i64,
+    pub event_type: String,
+    pub payload: Json<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Unpublished rows older than `min_age_ms`, oldest rooms' sequences first.
+pub async fn pending(
+    executor: impl PgExecutor<'_>,
+    min_age_ms: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<PendingRow>> {
+    sqlx::query_as(
+        "select id, room, seq, event_type, payload, created_at from outbox
+         where published_at is null and created_at < now() - make_interval(secs => $1 / 1000.0)
+         order by room, seq
+         limit $2",
+    )
+    .bind(min_age_ms as f64)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// How many rows wait for publication (a metric).
+pub async fn backlog(executor: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        .fetch_one(executor)
+        .await
+}
+
+/// Marks rows as being in Redis.
+pub async fn mark_published(executor: impl PgExecutor<'_>, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query(
+        "update outbox set published_at = now() where id = any($1) and published_at is null",
+    )
+    .bind(ids)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 

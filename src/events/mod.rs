@@ -7,14 +7,14 @@
 
 pub mod hub;
 pub mod ids;
+pub mod relay;
 pub mod subscriber;
 
 use chrono::{SecondsFormat, Utc};
-use redis::aio::ConnectionManager;
 use serde_json::{Map, Value, json};
 
-use crate::cache::Keys;
 use crate::document::Write;
+use crate::state::AppState;
 
 /// The `actor` of changes nobody asked for (lease expiry, reconciliation).
 pub const SYSTEM_ACTOR: &str = "system";
@@ -27,6 +27,8 @@ pub struct Event {
     pub room: String,
     /// The SSE `data`: `room`, `at`, `actor` and the type's own fields.
     pub data: Value,
+    /// For durable events: the outbox row id and the room's sequence number.
+    pub outbox: Option<(i64, i64)>,
 }
 
 impl Event {
@@ -48,6 +50,7 @@ impl Event {
             kind,
             room: room.to_owned(),
             data: Value::Object(data),
+            outbox: None,
         }
     }
 
@@ -84,53 +87,56 @@ impl Event {
     }
 }
 
-/// Appends events to their rooms' streams, in order, trimming each stream to
-/// about `history` entries.
-pub async fn append(
-    redis: &ConnectionManager,
-    keys: &Keys,
-    history: usize,
-    events: &[Event],
-) -> redis::RedisResult<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    let mut rooms: Vec<&str> = Vec::new();
+/// Appends events of changes that already happened to their rooms' streams,
+/// in order, waking every instance's feeds. Durable events go through the
+/// sequence guard and, once in Redis, are marked published in the outbox.
+/// A Redis failure is logged, not returned: durable events wait in the
+/// outbox for the relay; ephemeral ones are lost with the outage, which
+/// stream clients learn from the `sync` they get when it ends.
+pub async fn publish(state: &AppState, events: &[Event]) {
     for event in events {
-        pipe.cmd("XADD")
-            .arg(keys.room_events(&event.room))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(history)
-            .arg("*")
-            .arg("type")
-            .arg(event.kind)
-            .arg("data")
-            .arg(event.data.to_string())
-            .ignore();
-        if !rooms.contains(&event.room.as_str()) {
-            rooms.push(&event.room);
+        if let Err(err) = publish_one(state, event).await {
+            tracing::warn!(error = %err, event = event.kind, room = event.room, "event not appended to Redis");
         }
     }
-    for room in rooms {
-        pipe.publish(keys.events_channel(), room).ignore();
-    }
-    let mut conn = redis.clone();
-    pipe.query_async::<()>(&mut conn).await
 }
 
-/// Appends events of a committed change. A Redis failure is logged, not
-/// returned: the change is durable, and its outbox row outlives the outage.
-pub async fn publish_committed(
-    redis: &ConnectionManager,
-    keys: &Keys,
-    history: usize,
-    events: &[Event],
-) {
-    if let Err(err) = append(redis, keys, history, events).await {
-        tracing::warn!(error = %err, "events not appended to Redis; kept in the outbox");
+async fn publish_one(state: &AppState, event: &Event) -> redis::RedisResult<()> {
+    let keys = &state.redis_keys;
+    let history = state.settings.presence.event_history;
+    let mut redis = state.redis.clone();
+    match event.outbox {
+        Some((id, seq)) => {
+            let row = relay::Row {
+                seq,
+                kind: event.kind,
+                data: event.data.to_string(),
+            };
+            let results = relay::append_durable(state, &event.room, &[row], false).await?;
+            if results.first().is_some_and(|result| *result >= 0) {
+                state.outbox_marks.mark(id);
+            }
+        }
+        None => {
+            redis::pipe()
+                .cmd("XADD")
+                .arg(keys.room_events(&event.room))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(history)
+                .arg("*")
+                .arg("type")
+                .arg(event.kind)
+                .arg("data")
+                .arg(event.data.to_string())
+                .ignore()
+                .publish(keys.events_channel(), &event.room)
+                .ignore()
+                .query_async::<()>(&mut redis)
+                .await?;
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

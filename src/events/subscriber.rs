@@ -48,6 +48,7 @@ pub async fn open(
     tokio::spawn(async move {
         // The feed lives as long as one of its subscribers holds it.
         let _feed = feed;
+        let _open = crate::metrics::OpenStream::start();
         session.run(first, receiver, sender, token_expires_at).await;
     });
     Ok(frames)
@@ -78,6 +79,7 @@ impl Session {
             .await?;
             return Ok(events.iter().map(|event| self.deliver(event)).collect());
         }
+        crate::metrics::stream_sync("start");
         Ok(vec![self.sync().await?])
     }
 
@@ -153,6 +155,11 @@ impl Session {
                 Ok(Delivery::Event(_)) => continue,
                 // Fell behind the feed, or history was lost: a fresh snapshot.
                 Ok(Delivery::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    crate::metrics::stream_sync(if matches!(delivery, Ok(Delivery::Resync)) {
+                        "resync"
+                    } else {
+                        "lag"
+                    });
                     match self.sync().await {
                         Ok(frame) => frame,
                         Err(err) => {

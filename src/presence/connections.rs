@@ -223,15 +223,7 @@ async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Wr
             )
         })
         .collect();
-    for event in events {
-        events::publish_committed(
-            &state.redis,
-            &state.redis_keys,
-            state.settings.presence.event_history,
-            std::slice::from_ref(&event),
-        )
-        .await;
-    }
+    events::publish(state, &events).await;
 }
 
 /// Ends a connection: it leaves every room (`presence.left` with `reason`,

@@ -113,8 +113,7 @@ pub async fn join(
                 let mut joined_event = joined_event;
                 joined_event.data["occupancy"] = occupancy.into();
                 durable.push(joined_event);
-                events::publish_committed(&state.redis, keys, presence.event_history, &durable)
-                    .await;
+                events::publish(state, &durable).await;
             }
             Err(err) => {
                 // Undo quietly: nobody was told about this join.
@@ -231,13 +230,7 @@ async fn end_session(
     let id = Uuid::try_parse(session_id)
         .map_err(|_| anyhow::anyhow!("malformed session id {session_id:?} in Redis"))?;
     let durable = sessions::end(state, room, id, peak, actor).await?;
-    events::publish_committed(
-        &state.redis,
-        &state.redis_keys,
-        state.settings.presence.event_history,
-        &durable,
-    )
-    .await;
+    events::publish(state, &durable).await;
     let mut redis = state.redis.clone();
     redis::cmd("ZREM")
         .arg(state.redis_keys.active_sessions())
@@ -278,13 +271,7 @@ pub async fn evict_all(state: &AppState, room: &str, actor: &str) -> Result<(), 
         .await?;
     }
     let stale = sessions::end_open(state, room, actor).await?;
-    events::publish_committed(
-        &state.redis,
-        keys,
-        state.settings.presence.event_history,
-        &stale,
-    )
-    .await;
+    events::publish(state, &stale).await;
     Ok(())
 }
 

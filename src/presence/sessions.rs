@@ -42,7 +42,7 @@ pub async fn start(
             json!({"session_id": session_id, "occupancy": occupancy}),
         ));
     }
-    for event in &events {
+    for event in &mut events {
         outbox::record(&mut tx, event).await?;
     }
     tx.commit().await?;
@@ -61,12 +61,12 @@ pub async fn end(
     let mut tx = state.db.begin().await?;
     rooms::lock(&mut tx, room).await?;
     let peak = i32::try_from(peak).unwrap_or(i32::MAX);
-    let events: Vec<Event> = sessions::end(&mut tx, session_id, peak)
+    let mut events: Vec<Event> = sessions::end(&mut tx, session_id, peak)
         .await?
         .iter()
         .map(|row| ended_event(row, actor))
         .collect();
-    for event in &events {
+    for event in &mut events {
         outbox::record(&mut tx, event).await?;
     }
     tx.commit().await?;
@@ -77,12 +77,12 @@ pub async fn end(
 pub async fn end_open(state: &AppState, room: &str, actor: &str) -> Result<Vec<Event>, Error> {
     let mut tx = state.db.begin().await?;
     rooms::lock(&mut tx, room).await?;
-    let events: Vec<Event> = sessions::end_others(&mut tx, room, None)
+    let mut events: Vec<Event> = sessions::end_others(&mut tx, room, None)
         .await?
         .iter()
         .map(|row| ended_event(row, actor))
         .collect();
-    for event in &events {
+    for event in &mut events {
         outbox::record(&mut tx, event).await?;
     }
     tx.commit().await?;

@@ -84,7 +84,6 @@ pub async fn sweep(state: &AppState) -> Result<usize, Error> {
 /// Also prunes outbox rows past the event retention.
 pub async fn reconcile(state: &AppState) -> Result<(), Error> {
     let keys = &state.redis_keys;
-    let history = state.settings.presence.event_history;
     let mut redis = state.redis.clone();
 
     for (session_id, room) in db::sessions::all_active(&state.db).await? {
@@ -96,7 +95,7 @@ pub async fn reconcile(state: &AppState) -> Result<(), Error> {
         if current.as_deref() != Some(session_id.to_string().as_str()) {
             // Re-check under the room lock inside `end`: it is idempotent.
             let events = sessions::end(state, &room, session_id, 0, SYSTEM_ACTOR).await?;
-            events::publish_committed(&state.redis, keys, history, &events).await;
+            events::publish(state, &events).await;
         }
     }
 
@@ -142,7 +141,7 @@ pub async fn reconcile(state: &AppState) -> Result<(), Error> {
                 SYSTEM_ACTOR,
             )
             .await?;
-            events::publish_committed(&state.redis, keys, history, &events).await;
+            events::publish(state, &events).await;
         }
     }
 

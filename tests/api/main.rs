@@ -14,6 +14,7 @@ mod errors;
 mod helpers;
 mod openapi;
 mod ops;
+mod outbox;
 mod presence;
 mod rooms;
 mod sse;

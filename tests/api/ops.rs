@@ -54,6 +54,8 @@ async fn metrics_count_requests_by_route_template(pool: PgPool) {
         "{text}"
     );
     assert!(text.contains("metacast_db_pool_connections"), "{text}");
+    assert!(text.contains("metacast_outbox_backlog"), "{text}");
+    assert!(text.contains("metacast_sweeper_lag_seconds"), "{text}");
     assert!(
         !text.contains("metrics-room"),
         "labels use the route template, not the path"

@@ -268,3 +268,50 @@ async fn shutdown_ends_open_streams(pool: PgPool) {
     app.state.lifecycle.stop();
     assert!(stream.next().await.is_none(), "the stream ends on shutdown");
 }
+
+fn lag_syncs(app: &TestApp) -> u64 {
+    app.state
+        .metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"metacast_stream_syncs_total{reason="lag"} "#))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[sqlx::test]
+async fn a_slow_subscriber_gets_a_sync_instead_of_an_unbounded_backlog(pool: PgPool) {
+    use metacast::events::subscriber::{self, SUBSCRIBER_BUFFER, Start};
+    use metacast::events::{self, Event};
+
+    let app = TestApp::new(pool).await;
+    // The wake-up subscription that feeds this instance's hub.
+    app.listen().await;
+    app.create_room("lobby", json!({})).await;
+    let before = lag_syncs(&app);
+    let far_future = u64::MAX / 2;
+    // A subscriber that reads nothing while the room produces far more than
+    // its buffers hold.
+    let mut frames = subscriber::open(&app.state, "lobby", Start::Sync, far_future)
+        .await
+        .unwrap();
+    for _ in 0..1_000 {
+        events::publish(
+            &app.state,
+            &[Event::new("room.cleared", "lobby", "load", json!({}))],
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut received = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), frames.recv()).await {
+        received += 1;
+    }
+    assert!(
+        lag_syncs(&app) > before,
+        "the lagging subscriber was resynced"
+    );
+    assert!(
+        received < 1_000,
+        "it got a snapshot in place of the backlog ({received} frames, buffer {SUBSCRIBER_BUFFER})"
+    );
+}

@@ -1,0 +1,141 @@
+//! Getting durable events from the outbox into Redis exactly once and in
+//! order: the sequence-guarded append, the batched "published" marks, and
+//! the relay that appends what an inline publish missed (the process died
+//! after the commit, or Redis was down).
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::cache::scripts;
+use crate::db::outbox;
+use crate::error::Error;
+use crate::lifecycle::Lifecycle;
+use crate::state::AppState;
+
+/// How often the relay looks for unpublished rows.
+const RELAY_INTERVAL: Duration = Duration::from_secs(1);
+/// Rows younger than this are left to their inline publish.
+const RELAY_MIN_AGE: Duration = Duration::from_secs(2);
+/// Rows relayed per round.
+const RELAY_BATCH: i64 = 500;
+/// Published marks buffered before they are dropped (the relay then
+/// re-appends those rows, which the sequence guard turns into no-ops).
+const MARKS_BUFFER: usize = 10_000;
+/// Marks written per UPDATE.
+const MARKS_BATCH: usize = 1_000;
+
+/// One durable event to append.
+pub struct Row<'a> {
+    pub seq: i64,
+    pub kind: &'a str,
+    pub data: String,
+}
+
+/// Appends a room's durable events through the sequence guard; returns the
+/// guard's verdict per row (1 appended, 0 already there, -1 held back).
+pub async fn append_durable(
+    state: &AppState,
+    room: &str,
+    rows: &[Row<'_>],
+    force: bool,
+) -> redis::RedisResult<Vec<i64>> {
+    let keys = &state.redis_keys;
+    let mut invocation = scripts::APPEND_DURABLE.key(keys.room_events(room));
+    invocation
+        .key(keys.room_published_seq(room))
+        .arg(state.settings.presence.event_history)
+        .arg(keys.events_channel())
+        .arg(room)
+        .arg(if force { "1" } else { "0" });
+    for row in rows {
+        invocation.arg(row.seq).arg(row.kind).arg(&row.data);
+    }
+    let mut redis = state.redis.clone();
+    invocation.invoke_async(&mut redis).await
+}
+
+/// Marks outbox rows published, in batches, off the request path.
+#[derive(Clone)]
+pub struct OutboxMarks {
+    sender: mpsc::Sender<i64>,
+}
+
+impl OutboxMarks {
+    /// Starts the flusher for `db`; it ends with the lifecycle.
+    pub fn spawn(db: sqlx::PgPool, lifecycle: Lifecycle) -> Self {
+        let (sender, mut receiver) = mpsc::channel::<i64>(MARKS_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    () = lifecycle.stopped() => return,
+                    id = receiver.recv() => match id {
+                        Some(id) => id,
+                        None => return,
+                    },
+                };
+                let mut ids = vec![first];
+                while ids.len() < MARKS_BATCH {
+                    match receiver.try_recv() {
+                        Ok(id) => ids.push(id),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(err) = outbox::mark_published(&db, &ids).await {
+                    tracing::warn!(error = %err, "outbox marks lost; the relay will re-check those rows");
+                }
+            }
+        });
+        Self { sender }
+    }
+
+    /// Queues a mark; never waits.
+    pub fn mark(&self, id: i64) {
+        let _ = self.sender.try_send(id);
+    }
+}
+
+/// Runs the relay until the instance stops. Every instance runs one; the
+/// sequence guard makes concurrent relays harmless.
+pub fn spawn(state: AppState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RELAY_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = state.lifecycle.stopped() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(err) = relay_once(&state).await {
+                tracing::debug!(error = %err, "outbox relay round failed; retrying");
+            }
+        }
+    });
+}
+
+/// Appends every unpublished outbox row old enough to have missed its inline
+/// publish, in each room's sequence order, and marks them published.
+/// Returns how many rows it handled.
+pub async fn relay_once(state: &AppState) -> Result<usize, Error> {
+    let rows = outbox::pending(&state.db, RELAY_MIN_AGE.as_millis() as i64, RELAY_BATCH).await?;
+    let mut handled = Vec::with_capacity(rows.len());
+    for group in rows.chunk_by(|a, b| a.room == b.room) {
+        let appendable: Vec<Row<'_>> = group
+            .iter()
+            .map(|row| Row {
+                seq: row.seq,
+                kind: &row.event_type,
+                data: row.payload.0.to_string(),
+            })
+            .collect();
+        // Forced: these rows are the oldest unpublished of their room, so a
+        // gap before them can only be rows that no longer exist.
+        append_durable(state, &group[0].room, &appendable, true).await?;
+        handled.extend(group.iter().map(|row| row.id));
+    }
+    if !handled.is_empty() {
+        outbox::mark_published(&state.db, &handled).await?;
+        tracing::info!(rows = handled.len(), "relayed outbox events to Redis");
+    }
+    Ok(handled.len())
+}

@@ -1,0 +1,142 @@
+//! The outbox relay: a change committed in Postgres reaches the streams even
+//! when its inline publish never happened, exactly once and in order.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use metacast::events::relay::relay_once;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::TestApp;
+use crate::sse;
+
+/// Commits an outbox row the way a durable write does, backdated, as if the
+/// process died right after the commit and never published it.
+async fn orphan_event(app: &TestApp, room: &str, n: i64) -> i64 {
+    let mut tx = app.state.db.begin().await.unwrap();
+    let (seq,): (i64,) = sqlx::query_as(
+        "update rooms set event_seq = event_seq + 1 where id = $1 returning event_seq",
+    )
+    .bind(room)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let payload = json!({"room": room, "at": "2026-11-22T00:00:00Z", "actor": "ghost", "version": 100 + n, "metadata": {"n": n}, "patch": {"n": n}, "strategy": "merge"});
+    sqlx::query(
+        "insert into outbox (room, seq, event_type, payload, created_at)
+         values ($1, $2, 'room.metadata.updated', $3, now() - interval '10 seconds')",
+    )
+    .bind(room)
+    .bind(seq)
+    .bind(payload)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    seq
+}
+
+async fn unpublished(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn the_relay_publishes_what_a_crash_left_behind_exactly_once(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let token = app.admin();
+    app.create_room("lobby", json!({})).await;
+    let auth = format!("Bearer {token}");
+    let (status, stream) = sse::open(
+        &format!("{base}/v1/rooms/lobby/events"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut stream = stream.unwrap();
+    stream.expect("sync").await;
+
+    orphan_event(&app, "lobby", 1).await;
+    orphan_event(&app, "lobby", 2).await;
+    assert_eq!(relay_once(&app.state).await.unwrap(), 2);
+    for n in [1, 2] {
+        let frame = stream.expect("room.metadata.updated").await;
+        assert_eq!(frame.data["metadata"]["n"], n, "in sequence order");
+    }
+    assert_eq!(unpublished(&app).await, 0);
+    assert_eq!(
+        relay_once(&app.state).await.unwrap(),
+        0,
+        "nothing left to relay"
+    );
+    stream.assert_quiet(Duration::from_millis(300)).await;
+
+    let relayed = app
+        .events("lobby")
+        .await
+        .into_iter()
+        .filter(|(_, data)| data["actor"] == "ghost")
+        .count();
+    assert_eq!(relayed, 2, "no duplicates in the stream");
+}
+
+#[sqlx::test]
+async fn inline_publishes_are_marked_and_never_relayed_again(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create_room("lobby", json!({})).await;
+    for n in 0..5 {
+        app.patch("/v1/rooms/lobby/metadata")
+            .bearer(&app.admin())
+            .json(&json!({"n": n}))
+            .send()
+            .await;
+    }
+    let mut waited = 0;
+    while unpublished(&app).await > 0 && waited < 50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(
+        unpublished(&app).await,
+        0,
+        "marked published off the request path"
+    );
+    assert_eq!(app.events("lobby").await.len(), 6);
+}
+
+#[sqlx::test]
+async fn a_missing_earlier_event_holds_later_ones_back_until_the_relay_restores_order(
+    pool: PgPool,
+) {
+    let app = TestApp::new(pool).await;
+    app.create_room("lobby", json!({})).await;
+    orphan_event(&app, "lobby", 1).await;
+    // This write's inline publish must not overtake the orphan.
+    let response = app
+        .patch("/v1/rooms/lobby/metadata")
+        .bearer(&app.admin())
+        .json(&json!({"n": 2}))
+        .send()
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(
+        app.events("lobby").await.len(),
+        1,
+        "held back behind the gap"
+    );
+
+    // Once the fresh row is old enough, the relay appends both, in order.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(relay_once(&app.state).await.unwrap(), 2);
+    let ns: Vec<_> = app
+        .events("lobby")
+        .await
+        .into_iter()
+        .map(|(_, data)| data["metadata"]["n"].clone())
+        .collect();
+    assert_eq!(ns, [json!(null), json!(1), json!(2)]);
+}
