@@ -2,6 +2,7 @@
 //! from the handlers' annotations so the spec cannot drift from the code.
 
 mod connections;
+mod demo;
 mod occupancy;
 mod ops;
 mod pagination;
@@ -98,6 +99,7 @@ pub fn router(state: AppState) -> Router {
     routes
         // SwaggerUi serves /openapi.json itself; a second route would panic.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .merge(demo::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |request, next| {
