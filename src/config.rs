@@ -65,6 +65,9 @@ pub struct PresenceSettings {
     pub event_history: usize,
     /// How long events are kept in the outbox.
     pub event_retention: Duration,
+    /// After a connection's last event stream closes, how long before it
+    /// leaves its rooms (a quick reconnect keeps it).
+    pub stream_grace: Duration,
 }
 
 impl Settings {
@@ -137,6 +140,7 @@ impl Settings {
                 event_retention: Duration::from_secs(
                     env.parse("METACAST_EVENT_RETENTION_SECS", 3600)?,
                 ),
+                stream_grace: Duration::from_millis(env.parse("METACAST_STREAM_GRACE_MS", 5000)?),
             },
         };
         settings.validate()?;

@@ -119,6 +119,21 @@ impl<R: ConnectionRule> FromRequestParts<AppState> for ConnectionAccess<R> {
     }
 }
 
+/// The validated connection `{id}` of the path, for handlers whose
+/// permission rule is not a plain [`ConnectionRule`].
+pub struct ConnectionPath(pub String);
+
+impl FromRequestParts<AppState> for ConnectionPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(connection_id(parts, state).await?))
+    }
+}
+
 /// The validated `{id}` of the path, canonical.
 pub async fn connection_id(parts: &mut Parts, state: &AppState) -> Result<String, Error> {
     let params = RawPathParams::from_request_parts(parts, state)

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::connections::connection_id;
+use super::connections::ConnectionPath;
 use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
 use super::rooms::find_room;
 use crate::auth::{Action, AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
@@ -26,20 +26,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(join_room, leave_room))
         .routes(routes!(list_occupants))
         .routes(routes!(clear_room))
-}
-
-/// The connection in `/v1/rooms/{room}/connections/{id}`.
-struct ConnectionPath(String);
-
-impl axum::extract::FromRequestParts<AppState> for ConnectionPath {
-    type Rejection = Error;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(connection_id(parts, state).await?))
-    }
 }
 
 /// The outcome of a join.

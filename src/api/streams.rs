@@ -18,11 +18,14 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::connections::ConnectionPath;
 use super::rooms::find_room;
 use crate::auth::{Action, AuthUser, RoomPath};
 use crate::error::{Error, ProblemDetails};
+use crate::events::connection_stream;
 use crate::events::subscriber::{self, Start};
 use crate::extract::Query;
+use crate::presence::connections;
 use crate::state::AppState;
 
 /// How long a stream ticket is valid.
@@ -36,6 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_ticket))
         .routes(routes!(room_events))
+        .routes(routes!(connection_events))
 }
 
 /// A single-use stream ticket.
@@ -190,6 +194,52 @@ async fn room_events(
         .or(params.last_event_id);
     let start = last_event_id.map_or(Start::Sync, Start::After);
     let frames = subscriber::open(&state, room.as_str(), start, user.expires_at).await?;
+    let stream = futures_util::StreamExt::map(ReceiverStream::new(frames), Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// The connection's own stream (its owner, or an admin): the events of every
+/// room it is in and its own metadata changes, behind one cursor id.
+///
+/// Starts with one `sync` (`connection` and a snapshot per room); a room
+/// joined later gets its own `sync`. Resume with `Last-Event-ID` replays
+/// each room exactly. While open it keeps the connection's lease alive;
+/// when the last stream of the connection closes, the connection leaves its
+/// rooms after a grace period (`METACAST_STREAM_GRACE_MS`, 5 s) unless a
+/// stream reopens — so a quick reconnect does not flap presence.
+#[utoipa::path(
+    get, path = "/v1/connections/{id}/events", tag = "events", operation_id = "events.connection",
+    params(
+        ("id" = String, Path, description = "Connection id"),
+        StreamParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid connection id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token, or a spent ticket", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection, or not the caller's", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+async fn connection_events(
+    StreamUser(user): StreamUser,
+    ConnectionPath(id): ConnectionPath,
+    State(state): State<AppState>,
+    Query(params): Query<StreamParams>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
+    let conn = connections::load(&state, &id)
+        .await?
+        .filter(|conn| user.permissions.admin || conn.owner == user.subject)
+        .ok_or_else(|| connections::not_found(&id))?;
+    let cursor = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .or(params.last_event_id);
+    let frames = connection_stream::open(&state, &conn, cursor, user.expires_at).await?;
     let stream = futures_util::StreamExt::map(ReceiverStream::new(frames), Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }

@@ -25,6 +25,31 @@ impl Keys {
         format!("{}{{conn:{id}}}:rooms", self.prefix)
     }
 
+    /// Stream: a connection's own events (its metadata changes, and markers
+    /// of the rooms it joins and leaves).
+    pub fn connection_events(&self, id: &str) -> String {
+        format!("{}{{conn:{id}}}:events", self.prefix)
+    }
+
+    /// Counter: the connection's open event streams (several tabs may share one).
+    pub fn connection_streams(&self, id: &str) -> String {
+        format!("{}{{conn:{id}}}:streams", self.prefix)
+    }
+
+    /// The fan-out topic of a connection's own events. Room ids never start
+    /// with `/`, so topics of rooms and connections cannot collide.
+    pub fn connection_topic(id: &str) -> String {
+        format!("/conn/{id}")
+    }
+
+    /// The stream behind a fan-out topic: a room id, or a connection topic.
+    pub fn topic_events(&self, topic: &str) -> String {
+        match topic.strip_prefix("/conn/") {
+            Some(id) => self.connection_events(id),
+            None => self.room_events(topic),
+        }
+    }
+
     /// Sorted set: every live connection id → its lease deadline (ms).
     pub fn deadlines(&self) -> String {
         format!("{}connections:deadlines", self.prefix)

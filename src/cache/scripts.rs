@@ -78,8 +78,10 @@ return 1
     )
 });
 
-/// KEYS: connection, its rooms. ARGV: room, room quota.
+/// KEYS: connection, its rooms, its events. ARGV: room, room quota, events
+/// channel, the connection's topic.
 /// → 1 attached, 0 already there, -1 connection gone, -2 over quota.
+/// Records a `membership.joined` marker for the connection's own stream.
 pub static ATTACH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -88,6 +90,22 @@ if not is_alive(KEYS[1], now) then return -1 end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
 redis.call('HSET', KEYS[2], ARGV[1], now)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'type', 'membership.joined', 'data', ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"#,
+    )
+});
+
+/// KEYS: the connection's rooms, its events. ARGV: room, events channel,
+/// the connection's topic. Records `membership.left` if it was in the room.
+pub static DETACH: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100, '*', 'type', 'membership.left', 'data', ARGV[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
 return 1
 "#,
     )

@@ -1,6 +1,7 @@
 //! Per-instance fan-out. One Redis subscription per instance carries
-//! wake-ups ("room X has new events"); one feed per room with local
-//! subscribers then reads the room's stream from where it left off and
+//! wake-ups ("topic X has new events"; a topic is a room id, or
+//! `/conn/<id>` for a connection's own events); one feed per topic with
+//! local subscribers then reads its stream from where it left off and
 //! broadcasts each entry to them. Wake-ups carry no data, so a lost one
 //! only delays delivery: a feed also polls, and every feed catches up when
 //! the subscription reconnects.
@@ -241,7 +242,7 @@ pub async fn stream_end(
 ) -> redis::RedisResult<StreamPosition> {
     let mut conn = redis.clone();
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(keys.room_events(room))
+        .arg(keys.topic_events(room))
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -266,7 +267,7 @@ pub async fn read_after(
     let mut events = Vec::new();
     loop {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(keys.room_events(room))
+            .arg(keys.topic_events(room))
             .arg(format!("({position}"))
             .arg("+")
             .arg("COUNT")
@@ -302,7 +303,7 @@ pub async fn resumable_from(
     let mut conn = redis.clone();
     let info: redis::RedisResult<HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("STREAM")
-        .arg(keys.room_events(room))
+        .arg(keys.topic_events(room))
         .query_async(&mut conn)
         .await;
     let info = match info {

@@ -5,6 +5,7 @@
 //! commit. Ephemeral changes (presence, connection metadata) are appended to
 //! the stream directly, presence inside the same Lua script as the change.
 
+pub mod connection_stream;
 pub mod hub;
 pub mod ids;
 pub mod relay;
@@ -24,6 +25,8 @@ pub const SYSTEM_ACTOR: &str = "system";
 pub struct Event {
     /// The SSE event type, e.g. `room.metadata.updated`.
     pub kind: &'static str,
+    /// Where it is published: a room id, or a connection's topic
+    /// (`/conn/<id>`) for its own stream.
     pub room: String,
     /// The SSE `data`: `room`, `at`, `actor` and the type's own fields.
     pub data: Value,
@@ -77,6 +80,15 @@ impl Event {
         Self::new(kind, room, actor, fields)
     }
 
+    /// A copy of this event for a connection's own stream.
+    pub fn for_connection(&self, connection_id: &str) -> Self {
+        Self {
+            room: crate::cache::Keys::connection_topic(connection_id),
+            outbox: None,
+            ..self.clone()
+        }
+    }
+
     /// The JSON of `data` without its closing brace, so a Lua script can
     /// append fields only it knows (the occupancy after the change) without
     /// decoding, and so without re-encoding, the user's document.
@@ -120,7 +132,7 @@ async fn publish_one(state: &AppState, event: &Event) -> redis::RedisResult<()> 
         None => {
             redis::pipe()
                 .cmd("XADD")
-                .arg(keys.room_events(&event.room))
+                .arg(keys.topic_events(&event.room))
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(history)

@@ -206,23 +206,32 @@ pub async fn write_metadata(
     ))
 }
 
-/// Occupants' metadata changes appear on each of their rooms' streams.
+/// Metadata changes appear on the connection's own stream and on each of
+/// its rooms' streams.
 async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Write, actor: &str) {
-    let events: Vec<Event> = conn
-        .rooms
-        .keys()
-        .map(|room| {
-            Event::metadata_updated(
-                "connection.metadata.updated",
-                room,
-                actor,
-                conn.version,
-                &conn.metadata,
-                write,
-                Some(("connection_id", &conn.id)),
-            )
-        })
-        .collect();
+    let own = Event::metadata_updated(
+        "connection.metadata.updated",
+        "",
+        actor,
+        conn.version,
+        &conn.metadata,
+        write,
+        Some(("connection_id", &conn.id)),
+    );
+    let mut own = own.for_connection(&conn.id);
+    own.data["room"] = Value::Null;
+    let mut events: Vec<Event> = vec![own];
+    events.extend(conn.rooms.keys().map(|room| {
+        Event::metadata_updated(
+            "connection.metadata.updated",
+            room,
+            actor,
+            conn.version,
+            &conn.metadata,
+            write,
+            Some(("connection_id", &conn.id)),
+        )
+    }));
     events::publish(state, &events).await;
 }
 
@@ -275,6 +284,10 @@ pub async fn end(
         .del(keys.connection(id))
         .ignore()
         .del(keys.connection_rooms(id))
+        .ignore()
+        .del(keys.connection_events(id))
+        .ignore()
+        .del(keys.connection_streams(id))
         .ignore()
         .zrem(keys.deadlines(), id)
         .ignore()

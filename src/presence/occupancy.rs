@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::connections::{Connection, millis};
 use super::sessions;
-use crate::cache::scripts;
+use crate::cache::{Keys, scripts};
 use crate::error::Error;
 use crate::events::{self, Event, SYSTEM_ACTOR};
 use crate::ids::RoomId;
@@ -40,8 +40,11 @@ pub async fn join(
     let attached: i64 = scripts::ATTACH
         .key(keys.connection(&conn.id))
         .key(keys.connection_rooms(&conn.id))
+        .key(keys.connection_events(&conn.id))
         .arg(room.as_str())
         .arg(presence.max_rooms_per_connection)
+        .arg(keys.events_channel())
+        .arg(Keys::connection_topic(&conn.id))
         .invoke_async(&mut redis)
         .await?;
     match attached {
@@ -185,11 +188,15 @@ async fn leave_script(
 }
 
 async fn detach(state: &AppState, room: &str, connection_id: &str) -> Result<(), Error> {
+    let keys = &state.redis_keys;
     let mut redis = state.redis.clone();
-    redis::cmd("HDEL")
-        .arg(state.redis_keys.connection_rooms(connection_id))
+    scripts::DETACH
+        .key(keys.connection_rooms(connection_id))
+        .key(keys.connection_events(connection_id))
         .arg(room)
-        .query_async::<()>(&mut redis)
+        .arg(keys.events_channel())
+        .arg(Keys::connection_topic(connection_id))
+        .invoke_async::<()>(&mut redis)
         .await?;
     Ok(())
 }
@@ -213,10 +220,14 @@ pub async fn leave(
         json!({"connection_id": connection_id, "owner": owner, "metadata": metadata, "reason": reason}),
     );
     let outcome = leave_script(state, room, connection_id, &left_event.open_payload()).await?;
+    let ended = match outcome.ended {
+        Some((session_id, peak)) => end_session(state, room, &session_id, peak, actor).await,
+        None => Ok(()),
+    };
+    // Detached last, so the connection's own stream, which stops following
+    // the room here, has seen the session end its leave caused.
     detach(state, room, connection_id).await?;
-    if let Some((session_id, peak)) = outcome.ended {
-        end_session(state, room, &session_id, peak, actor).await?;
-    }
+    ended?;
     Ok(outcome.left)
 }
 

@@ -9,6 +9,7 @@
 
 mod auth;
 mod concurrency;
+mod connection_streams;
 mod connections;
 mod errors;
 mod helpers;

@@ -1,0 +1,360 @@
+//! A connection's own stream: the events of every room it is in plus its own
+//! metadata changes, behind one cursor, while keeping its lease alive.
+//!
+//! The cursor (the SSE id) is base64url JSON `{"e": epoch, "p": {topic:
+//! "ms-seq"}}` with a position for the connection's own topic and each room,
+//! so a reconnect resumes every room exactly; a room whose history cannot
+//! cover the gap, or that was joined while the client was away, gets its own
+//! snapshot in a `sync`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::Event as SseEvent;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::SYSTEM_ACTOR;
+use super::hub::{Delivery, Feed, StoredEvent, read_after, resumable_from, stream_end};
+use super::ids::{StreamPosition, current_epoch};
+use super::subscriber::{SUBSCRIBER_BUFFER, snapshot};
+use crate::cache::Keys;
+use crate::error::Error;
+use crate::presence::{Connection, connections};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Cursor {
+    e: String,
+    p: BTreeMap<String, String>,
+}
+
+fn decode_cursor(raw: &str) -> Option<(String, BTreeMap<String, StreamPosition>)> {
+    let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
+    let cursor: Cursor = serde_json::from_slice(&bytes).ok()?;
+    let positions = cursor
+        .p
+        .into_iter()
+        .map(|(topic, at)| Some((topic, StreamPosition::parse(&at)?)))
+        .collect::<Option<_>>()?;
+    Some((cursor.e, positions))
+}
+
+/// Opens the connection's stream; a task keeps it fed (and the lease alive)
+/// until the client goes, the connection ends, the token expires or the
+/// instance stops. Closing the last stream starts the grace period.
+pub async fn open(
+    state: &AppState,
+    conn: &Connection,
+    cursor: Option<String>,
+    token_expires_at: u64,
+) -> Result<mpsc::Receiver<SseEvent>, Error> {
+    let mut stream = ConnStream {
+        state: state.clone(),
+        id: conn.id.clone(),
+        own: Keys::connection_topic(&conn.id),
+        epoch: current_epoch(&state.redis, &state.redis_keys).await?,
+        positions: BTreeMap::new(),
+        feeds: HashMap::new(),
+        receivers: StreamMap::new(),
+    };
+    let first = stream.start(cursor).await?;
+    let mut redis = state.redis.clone();
+    redis::cmd("INCR")
+        .arg(state.redis_keys.connection_streams(&conn.id))
+        .query_async::<()>(&mut redis)
+        .await?;
+    let ttl = conn.expires_at - conn.created_at;
+    let refresh =
+        (ttl.to_std().unwrap_or(Duration::from_secs(30)) / 3).max(Duration::from_millis(200));
+    let (sender, frames) = mpsc::channel(SUBSCRIBER_BUFFER);
+    tokio::spawn(async move {
+        let _open = crate::metrics::OpenStream::start();
+        let state = stream.state.clone();
+        let id = stream.id.clone();
+        stream.run(first, sender, token_expires_at, refresh).await;
+        closed(&state, &id).await;
+    });
+    Ok(frames)
+}
+
+/// One stream of the connection closed: when it was the last, the
+/// connection leaves after the grace period unless a stream reopens.
+async fn closed(state: &AppState, id: &str) {
+    let key = state.redis_keys.connection_streams(id);
+    let mut redis = state.redis.clone();
+    let open: redis::RedisResult<i64> = redis::cmd("DECR").arg(&key).query_async(&mut redis).await;
+    if !matches!(open, Ok(n) if n <= 0) {
+        return;
+    }
+    let grace = state.settings.presence.stream_grace;
+    tokio::time::sleep(grace).await;
+    let still: redis::RedisResult<Option<i64>> =
+        redis::cmd("GET").arg(&key).query_async(&mut redis).await;
+    if matches!(still, Ok(n) if n.unwrap_or(0) <= 0)
+        && let Err(err) = connections::end(state, id, true, "disconnected", SYSTEM_ACTOR).await
+    {
+        tracing::warn!(error = %err, connection_id = id, "could not end a connection after its stream closed; its lease will");
+    }
+}
+
+struct ConnStream {
+    state: AppState,
+    id: String,
+    own: String,
+    epoch: String,
+    /// Last position given to the client, per topic.
+    positions: BTreeMap<String, StreamPosition>,
+    feeds: HashMap<String, Arc<Feed>>,
+    receivers: StreamMap<String, BroadcastStream<Delivery>>,
+}
+
+impl ConnStream {
+    fn cursor(&self) -> String {
+        let cursor = Cursor {
+            e: self.epoch.clone(),
+            p: self
+                .positions
+                .iter()
+                .map(|(topic, at)| (topic.clone(), at.to_string()))
+                .collect(),
+        };
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
+    }
+
+    async fn follow(&mut self, topic: &str) -> Result<(), Error> {
+        if self.feeds.contains_key(topic) {
+            return Ok(());
+        }
+        let (feed, receiver) = self.state.hub.subscribe(topic).await?;
+        self.feeds.insert(topic.to_owned(), feed);
+        self.receivers
+            .insert(topic.to_owned(), BroadcastStream::new(receiver));
+        Ok(())
+    }
+
+    fn unfollow(&mut self, topic: &str) {
+        self.feeds.remove(topic);
+        self.receivers.remove(topic);
+        self.positions.remove(topic);
+    }
+
+    async fn rooms(&self) -> Result<Vec<String>, Error> {
+        let mut redis = self.state.redis.clone();
+        Ok(redis::cmd("HKEYS")
+            .arg(self.state.redis_keys.connection_rooms(&self.id))
+            .query_async(&mut redis)
+            .await?)
+    }
+
+    async fn resumable(&self, topic: &str, at: StreamPosition) -> Result<bool, Error> {
+        let keys = &self.state.redis_keys;
+        let end = stream_end(&self.state.redis, keys, topic).await?;
+        let oldest = resumable_from(&self.state.redis, keys, topic).await?;
+        Ok(at <= end && at >= oldest)
+    }
+
+    /// Subscribes to everything, then replays what the cursor allows and
+    /// snapshots the rest.
+    async fn start(&mut self, cursor: Option<String>) -> Result<Vec<SseEvent>, Error> {
+        let mut topics = vec![self.own.clone()];
+        topics.extend(self.rooms().await?);
+        for topic in &topics {
+            self.follow(topic).await?;
+        }
+        let resume = cursor
+            .as_deref()
+            .and_then(decode_cursor)
+            .filter(|(epoch, _)| *epoch == self.epoch)
+            .map(|(_, positions)| positions)
+            .unwrap_or_default();
+        let mut stale = Vec::new();
+        let mut replay = Vec::new();
+        for topic in topics {
+            match resume.get(&topic) {
+                Some(&at) if self.resumable(&topic, at).await? => {
+                    let events =
+                        read_after(&self.state.redis, &self.state.redis_keys, &topic, at).await?;
+                    self.positions.insert(topic.clone(), at);
+                    replay.push((topic, events));
+                }
+                _ => stale.push(topic),
+            }
+        }
+        let mut frames = Vec::new();
+        if !stale.is_empty() || cursor.is_none() {
+            crate::metrics::stream_sync("start");
+            frames.push(self.sync(&stale).await?);
+        }
+        for (topic, events) in replay {
+            for event in events {
+                // Rooms are already followed as they are now: markers of
+                // joins and leaves while away need no handling here.
+                if topic == self.own && event.kind.starts_with("membership.") {
+                    self.positions.insert(topic.clone(), event.position);
+                    continue;
+                }
+                frames.extend(self.frame(&topic, &event));
+            }
+        }
+        Ok(frames)
+    }
+
+    /// A `sync` covering the connection itself and `topics`' rooms, each
+    /// positioned at its stream's end read before its snapshot.
+    async fn sync(&mut self, topics: &[String]) -> Result<SseEvent, Error> {
+        let keys = &self.state.redis_keys;
+        let mut rooms = Map::new();
+        for topic in topics {
+            let end = stream_end(&self.state.redis, keys, topic).await?;
+            self.positions.insert(topic.clone(), end);
+            if *topic != self.own {
+                rooms.insert(topic.clone(), snapshot(&self.state, topic).await?);
+            }
+        }
+        let conn = connections::load(&self.state, &self.id).await?;
+        let data = json!({
+            "at": Utc::now(),
+            "actor": SYSTEM_ACTOR,
+            "connection": conn.map(|c| json!({
+                "id": c.id, "owner": c.owner, "metadata": c.metadata, "version": c.version,
+                "rooms": c.rooms.into_keys().collect::<Vec<_>>(),
+            })),
+            "rooms": rooms,
+        });
+        Ok(SseEvent::default()
+            .id(self.cursor())
+            .event("sync")
+            .data(data.to_string()))
+    }
+
+    /// The frames for one stored event of `topic`; membership markers on
+    /// the connection's own topic start or stop following a room.
+    async fn deliver(&mut self, topic: &str, event: &StoredEvent) -> Result<Vec<SseEvent>, Error> {
+        if topic != self.own || !event.kind.starts_with("membership.") {
+            return Ok(self.frame(topic, event).into_iter().collect());
+        }
+        if self
+            .positions
+            .get(topic)
+            .is_some_and(|at| event.position <= *at)
+        {
+            return Ok(Vec::new());
+        }
+        self.positions.insert(topic.to_owned(), event.position);
+        let room = event.data.clone();
+        if event.kind == "membership.joined" {
+            self.follow(&room).await?;
+            return Ok(vec![self.sync(&[room]).await?]);
+        }
+        // Left: whatever happened in the room up to now (its presence.left
+        // included), then stop following it.
+        let at = self.positions.get(&room).copied().unwrap_or_default();
+        let rest = read_after(&self.state.redis, &self.state.redis_keys, &room, at).await?;
+        let frames = rest
+            .iter()
+            .filter_map(|event| self.frame(&room, event))
+            .collect();
+        self.unfollow(&room);
+        Ok(frames)
+    }
+
+    /// A frame for a room event or the connection's own metadata change,
+    /// skipping what this stream already gave.
+    fn frame(&mut self, topic: &str, event: &StoredEvent) -> Option<SseEvent> {
+        if self
+            .positions
+            .get(topic)
+            .is_some_and(|at| event.position <= *at)
+        {
+            return None;
+        }
+        self.positions.insert(topic.to_owned(), event.position);
+        let own_change_in_a_room = topic != self.own
+            && event.kind == "connection.metadata.updated"
+            && serde_json::from_str::<Value>(&event.data)
+                .is_ok_and(|data| data["connection_id"] == self.id.as_str());
+        if own_change_in_a_room {
+            // It comes once, from the connection's own topic.
+            return None;
+        }
+        Some(
+            SseEvent::default()
+                .id(self.cursor())
+                .event(&event.kind)
+                .data(&event.data),
+        )
+    }
+
+    async fn run(
+        mut self,
+        first: Vec<SseEvent>,
+        sender: mpsc::Sender<SseEvent>,
+        token_expires_at: u64,
+        refresh: Duration,
+    ) {
+        for frame in first {
+            if sender.send(frame).await.is_err() {
+                return;
+            }
+        }
+        let expires_in =
+            Duration::from_secs(token_expires_at.saturating_sub(Utc::now().timestamp() as u64));
+        let token_expired = tokio::time::sleep(expires_in);
+        tokio::pin!(token_expired);
+        let mut lease = tokio::time::interval(refresh);
+        let stopped = self.state.lifecycle.clone();
+        loop {
+            let next = tokio::select! {
+                () = stopped.stopped() => return,
+                () = &mut token_expired => return,
+                () = sender.closed() => return,
+                _ = lease.tick() => {
+                    match connections::heartbeat(&self.state, &self.id).await {
+                        Ok(Some(_)) => continue,
+                        // The connection ended: so does its stream.
+                        Ok(None) => return,
+                        Err(err) => {
+                            tracing::debug!(error = %err, "stream lease refresh failed");
+                            continue;
+                        }
+                    }
+                }
+                next = self.receivers.next() => next,
+            };
+            let Some((topic, delivery)) = next else {
+                return;
+            };
+            let frames = match delivery {
+                Ok(Delivery::Event(event)) => match self.deliver(&topic, &event).await {
+                    Ok(frames) => frames,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "connection stream failed; closing it");
+                        return;
+                    }
+                },
+                Ok(Delivery::Resync) | Err(_) => {
+                    crate::metrics::stream_sync("lag");
+                    let topics: Vec<String> = self.feeds.keys().cloned().collect();
+                    match self.sync(&topics).await {
+                        Ok(frame) => vec![frame],
+                        Err(_) => return,
+                    }
+                }
+            };
+            for frame in frames {
+                if sender.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
