@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -187,15 +188,24 @@ async fn room_events(
         )));
     }
     find_room(&state, &room).await?;
-    let last_event_id = headers
+    let start = last_event_id(&headers, params).map_or(Start::Sync, Start::After);
+    let frames = subscriber::open(&state, room.as_str(), start, user.expires_at).await?;
+    Ok(sse(frames))
+}
+
+/// Where a client resumes: the `Last-Event-ID` header, else `?last_event_id=`.
+fn last_event_id(headers: &HeaderMap, params: StreamParams) -> Option<String> {
+    headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned)
-        .or(params.last_event_id);
-    let start = last_event_id.map_or(Start::Sync, Start::After);
-    let frames = subscriber::open(&state, room.as_str(), start, user.expires_at).await?;
+        .or(params.last_event_id)
+}
+
+/// The SSE response for a subscriber's frames, with keep-alive comments.
+fn sse(frames: mpsc::Receiver<SseEvent>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let stream = futures_util::StreamExt::map(ReceiverStream::new(frames), Ok);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
 /// The connection's own stream (its owner, or an admin): the events of every
@@ -234,12 +244,7 @@ async fn connection_events(
         .await?
         .filter(|conn| user.permissions.admin || conn.owner == user.subject)
         .ok_or_else(|| connections::not_found(&id))?;
-    let cursor = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .or(params.last_event_id);
+    let cursor = last_event_id(&headers, params);
     let frames = connection_stream::open(&state, &conn, cursor, user.expires_at).await?;
-    let stream = futures_util::StreamExt::map(ReceiverStream::new(frames), Ok);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    Ok(sse(frames))
 }

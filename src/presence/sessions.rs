@@ -61,14 +61,11 @@ pub async fn end(
     let mut tx = state.db.begin().await?;
     rooms::lock(&mut tx, room).await?;
     let peak = i32::try_from(peak).unwrap_or(i32::MAX);
-    let mut events: Vec<Event> = sessions::end(&mut tx, session_id, peak)
+    let ended: Vec<SessionRow> = sessions::end(&mut tx, session_id, peak)
         .await?
-        .iter()
-        .map(|row| ended_event(row, actor))
+        .into_iter()
         .collect();
-    for event in &mut events {
-        outbox::record(&mut tx, event).await?;
-    }
+    let events = record_ended(&mut tx, &ended, actor).await?;
     tx.commit().await?;
     Ok(events)
 }
@@ -77,15 +74,22 @@ pub async fn end(
 pub async fn end_open(state: &AppState, room: &str, actor: &str) -> Result<Vec<Event>, Error> {
     let mut tx = state.db.begin().await?;
     rooms::lock(&mut tx, room).await?;
-    let mut events: Vec<Event> = sessions::end_others(&mut tx, room, None)
-        .await?
-        .iter()
-        .map(|row| ended_event(row, actor))
-        .collect();
-    for event in &mut events {
-        outbox::record(&mut tx, event).await?;
-    }
+    let ended = sessions::end_others(&mut tx, room, None).await?;
+    let events = record_ended(&mut tx, &ended, actor).await?;
     tx.commit().await?;
+    Ok(events)
+}
+
+/// Records `session.ended` for each just-ended row in the outbox.
+async fn record_ended(
+    conn: &mut sqlx::PgConnection,
+    ended: &[SessionRow],
+    actor: &str,
+) -> Result<Vec<Event>, Error> {
+    let mut events: Vec<Event> = ended.iter().map(|row| ended_event(row, actor)).collect();
+    for event in &mut events {
+        outbox::record(conn, event).await?;
+    }
     Ok(events)
 }
 

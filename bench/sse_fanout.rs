@@ -1,0 +1,345 @@
+//! SSE delivery against a metacast process on loopback.
+//!
+//! `bash bench/sse.sh` (raises the open-file limit, builds the release
+//! binary, runs this). It starts `metacast serve` as a child process against
+//! the local Postgres and Redis (a fresh database and Redis prefix, removed
+//! at the end) and prints:
+//!
+//! - write→event latency with one subscriber (PATCH sent → event received);
+//! - fan-out of one change to N idle subscribers of one room: how many got
+//!   it, and p50/p99/max of the delay;
+//! - server memory per idle stream: the server's Pss growth ÷ N.
+//!
+//! Knobs: `BENCH_FANOUT` (default `1000,10000`), `BENCH_WRITES` (default 200).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::future::join_all;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use metacast::auth::{JwtKeys, JwtSettings, MetacastClaim, TokenRequest};
+use metacast::config::Settings;
+use redis::AsyncCommands;
+use secrecy::ExposeSecret;
+use sqlx::Connection;
+use tokio::sync::mpsc;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector)
+}
+
+/// Opens a room stream; sends `(version, when received)` for every
+/// `room.metadata.updated`, and one `(0, when)` once the `sync` arrived.
+async fn subscribe(
+    client: HttpClient,
+    url: String,
+    token: String,
+    seen: mpsc::UnboundedSender<(i64, Instant)>,
+) -> anyhow::Result<()> {
+    let request = Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))?;
+    let response = client.request(request).await?;
+    if response.status() != StatusCode::OK {
+        bail!("stream answered {}", response.status());
+    }
+    let mut body = response.into_body();
+    let mut buffer = String::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        buffer.push_str(std::str::from_utf8(&data)?);
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let now = Instant::now();
+            if block.contains("event: sync") {
+                let _ = seen.send((0, now));
+            } else if block.contains("event: room.metadata.updated")
+                && let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: "))
+            {
+                let value: serde_json::Value = serde_json::from_str(data)?;
+                let _ = seen.send((value["version"].as_i64().unwrap_or(-1), now));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Server {
+    child: tokio::process::Child,
+    base: String,
+    pid: u32,
+}
+
+fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .context("no Pss in smaps_rollup")
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0
+}
+
+async fn put(
+    client: &HttpClient,
+    url: &str,
+    token: &str,
+    method: Method,
+    body: &str,
+) -> anyhow::Result<()> {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))?;
+    let response = client.request(request).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    if !status.is_success() {
+        bail!("{url} answered {status}");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let fanouts: Vec<usize> = std::env::var("BENCH_FANOUT")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .map(|n| n.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let writes: usize = std::env::var("BENCH_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let binary =
+        std::env::var("BENCH_METACAST_BIN").unwrap_or_else(|_| "target/release/metacast".into());
+
+    let settings = Settings::from_env()?;
+    let base_url = settings.database_url.expose_secret().to_owned();
+    let (server_url, _) = base_url
+        .rsplit_once('/')
+        .context("DATABASE_URL has no database name")?;
+    let database = format!("metacast_bench_{}", uuid::Uuid::new_v4().simple());
+    let prefix = format!("bench:{}:", uuid::Uuid::new_v4().simple());
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+
+    let child = tokio::process::Command::new(&binary)
+        .arg("serve")
+        .env("DATABASE_URL", format!("{server_url}/{database}"))
+        .env("METACAST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("METACAST_JWT_SECRET", &secret)
+        .env("METACAST_REDIS_PREFIX", &prefix)
+        .env("METACAST_SHUTDOWN_DRAIN_SECS", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {binary} (build it with cargo build --release)"))?;
+    let pid = child.id().context("server pid")?;
+    let mut server = Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        pid,
+    };
+    let result = run(&server, &secret, &fanouts, writes).await;
+
+    let _ = tokio::process::Command::new("kill")
+        .arg(server.pid.to_string())
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), server.child.wait()).await;
+    let mut admin = sqlx::PgConnection::connect(&base_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database if exists \"{database}\" with (force)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    let mut redis = redis::Client::open(settings.redis_url.expose_secret())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let keys: Vec<String> = {
+        let mut iter = redis.scan_match::<_, String>(format!("{prefix}*")).await?;
+        let mut keys = Vec::new();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key?);
+        }
+        keys
+    };
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut redis)
+            .await?;
+    }
+    result
+}
+
+async fn run(
+    server: &Server,
+    secret: &str,
+    fanouts: &[usize],
+    writes: usize,
+) -> anyhow::Result<()> {
+    let http = client();
+    let ready = format!("{}/readyz", server.base);
+    let started = Instant::now();
+    loop {
+        let request = Request::get(&ready).body(Full::new(Bytes::new()))?;
+        if let Ok(response) = http.request(request).await
+            && response.status() == StatusCode::OK
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("metacast did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys = JwtKeys::new(&JwtSettings {
+        secret: Some(secret.to_owned().into()),
+        ..JwtSettings::default()
+    })?;
+    let token = keys.mint(&TokenRequest {
+        subject: "bench".into(),
+        claim: MetacastClaim {
+            admin: true,
+            ..MetacastClaim::default()
+        },
+        ttl: Duration::from_secs(3600),
+    })?;
+    let metadata = format!("{}/v1/rooms/bench/metadata", server.base);
+    let events = format!("{}/v1/rooms/bench/events", server.base);
+    put(&http, &metadata, &token, Method::PUT, r#"{"n":0}"#).await?;
+
+    // Write → event latency, one subscriber.
+    let (seen, mut received) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(subscribe(client(), events.clone(), token.clone(), seen));
+    received.recv().await.context("sync")?;
+    let mut latencies = Vec::with_capacity(writes);
+    for n in 1..=writes {
+        let sent = Instant::now();
+        put(
+            &http,
+            &metadata,
+            &token,
+            Method::PATCH,
+            &format!(r#"{{"n":{n}}}"#),
+        )
+        .await?;
+        let version = n as i64 + 1;
+        loop {
+            let (got, at) = tokio::time::timeout(Duration::from_secs(5), received.recv())
+                .await?
+                .context("stream ended")?;
+            if got == version {
+                latencies.push(at - sent);
+                break;
+            }
+        }
+    }
+    reader.abort();
+    latencies.sort();
+    println!("SSE on {} ({} writes for latency)", server.base, writes);
+    println!(
+        "write→event latency, 1 subscriber: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+    println!(
+        "{:>12} {:>10} {:>10} {:>10} {:>10} {:>16}",
+        "subscribers", "delivered", "p50 ms", "p99 ms", "max ms", "KiB per stream"
+    );
+
+    let mut version = writes as i64 + 1;
+    for &n in fanouts {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = pss_kib(server.pid)?;
+        let (seen, mut received) = mpsc::unbounded_channel();
+        let shared = client();
+        let readers: Vec<_> = (0..n)
+            .map(|_| {
+                tokio::spawn(subscribe(
+                    shared.clone(),
+                    events.clone(),
+                    token.clone(),
+                    seen.clone(),
+                ))
+            })
+            .collect();
+        drop(seen);
+        let mut synced = 0;
+        while synced < n {
+            let (got, _) = tokio::time::timeout(Duration::from_secs(60), received.recv())
+                .await
+                .context("subscribers did not all get their sync")?
+                .context("streams ended")?;
+            if got == 0 {
+                synced += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = pss_kib(server.pid)?;
+        version += 1;
+        let sent = Instant::now();
+        put(
+            &http,
+            &metadata,
+            &token,
+            Method::PATCH,
+            &format!(r#"{{"fanout":{n}}}"#),
+        )
+        .await?;
+        let mut delays = Vec::with_capacity(n);
+        while delays.len() < n {
+            match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
+                Ok(Some((got, at))) if got == version => delays.push(at - sent),
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        delays.sort();
+        println!(
+            "{:>12} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>16.1}",
+            n,
+            delays.len(),
+            percentile(&delays, 0.5),
+            percentile(&delays, 0.99),
+            percentile(&delays, 1.0),
+            after.saturating_sub(before) as f64 / n as f64
+        );
+        for reader in &readers {
+            reader.abort();
+        }
+        join_all(readers).await;
+    }
+    Ok(())
+}
