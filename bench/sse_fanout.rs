@@ -13,6 +13,7 @@
 //! Knobs: `BENCH_FANOUT` (default `1000,10000`), `BENCH_WRITES` (default 200).
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -28,9 +29,12 @@ use metacast::config::Settings;
 use redis::AsyncCommands;
 use secrecy::ExposeSecret;
 use sqlx::Connection;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Subscriptions opening concurrently while the fan-out is built up.
+const OPENING_AT_ONCE: usize = 64;
 
 fn client() -> HttpClient {
     let mut connector = HttpConnector::new();
@@ -42,19 +46,31 @@ fn client() -> HttpClient {
 
 /// Opens a room stream; sends `(version, when received)` for every
 /// `room.metadata.updated`, and one `(0, when)` once the `sync` arrived.
+/// Subscribers opening at once are limited (`opening`) and retry a 503, as
+/// real clients ramping up would.
 async fn subscribe(
     client: HttpClient,
     url: String,
     token: String,
     seen: mpsc::UnboundedSender<(i64, Instant)>,
+    opening: Arc<Semaphore>,
 ) -> anyhow::Result<()> {
-    let request = Request::get(url)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(Bytes::new()))?;
-    let response = client.request(request).await?;
-    if response.status() != StatusCode::OK {
-        bail!("stream answered {}", response.status());
-    }
+    let mut permit = Some(opening.acquire_owned().await?);
+    let mut attempts = 0;
+    let response = loop {
+        let request = Request::get(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))?;
+        let response = client.request(request).await?;
+        match response.status() {
+            StatusCode::OK => break response,
+            StatusCode::SERVICE_UNAVAILABLE if attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            status => bail!("stream answered {status}"),
+        }
+    };
     let mut body = response.into_body();
     let mut buffer = String::new();
     while let Some(frame) = body.frame().await {
@@ -66,6 +82,7 @@ async fn subscribe(
             let block: String = buffer.drain(..end + 2).collect();
             let now = Instant::now();
             if block.contains("event: sync") {
+                permit.take();
                 let _ = seen.send((0, now));
             } else if block.contains("event: room.metadata.updated")
                 && let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: "))
@@ -242,7 +259,13 @@ async fn run(
 
     // Write → event latency, one subscriber.
     let (seen, mut received) = mpsc::unbounded_channel();
-    let reader = tokio::spawn(subscribe(client(), events.clone(), token.clone(), seen));
+    let reader = tokio::spawn(subscribe(
+        client(),
+        events.clone(),
+        token.clone(),
+        seen,
+        Arc::new(Semaphore::new(1)),
+    ));
     received.recv().await.context("sync")?;
     let mut latencies = Vec::with_capacity(writes);
     for n in 1..=writes {
@@ -285,6 +308,7 @@ async fn run(
         let before = pss_kib(server.pid)?;
         let (seen, mut received) = mpsc::unbounded_channel();
         let shared = client();
+        let opening = Arc::new(Semaphore::new(OPENING_AT_ONCE));
         let readers: Vec<_> = (0..n)
             .map(|_| {
                 tokio::spawn(subscribe(
@@ -292,6 +316,7 @@ async fn run(
                     events.clone(),
                     token.clone(),
                     seen.clone(),
+                    opening.clone(),
                 ))
             })
             .collect();
