@@ -232,7 +232,7 @@ async fn an_expired_lease_leaves_every_room_and_ends_sessions(pool: PgPool) {
     let steady = app
         .post("/v1/connections")
         .bearer(&admin)
-        .json(&json!({"ttl_seconds": 1}))
+        .json(&json!({"ttl_seconds": 2}))
         .send()
         .await
         .json()["id"]
@@ -243,6 +243,8 @@ async fn an_expired_lease_leaves_every_room_and_ends_sessions(pool: PgPool) {
     app.join(&admin, "two", &short).await;
     app.join(&admin, "two", &steady).await;
 
+    // Past the short lease; the steady one's 2 s lease leaves a wide margin
+    // between heartbeats on a busy machine.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let beat = app
