@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
-use super::rooms::{content_type, not_modified, with_etag};
+use super::rooms::{StrategyParams, content_type, not_modified, with_etag};
 use crate::auth::{Action, AuthUser};
 use crate::document::{Preconditions, Write, json_body};
 use crate::error::{Error, ProblemDetails};
@@ -467,14 +467,6 @@ async fn put_connection_metadata(
 ) -> Result<Response, Error> {
     let write = Write::replace(content_type(&headers), &body)?;
     write_metadata(&state, &access, &preconditions, &write).await
-}
-
-/// The `strategy` of a plain-JSON PATCH.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StrategyParams {
-    /// `merge` (default) or `deepMerge`; only with `application/json`.
-    strategy: Option<String>,
 }
 
 /// Update the connection's metadata; the strategy follows the `Content-Type`

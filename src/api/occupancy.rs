@@ -5,14 +5,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::connections::ConnectionPath;
-use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
+use super::pagination::{Page, PageParams, decode_cursor, encode_cursor, page_limit};
 use super::rooms::find_room;
 use crate::auth::{Action, AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
 use crate::error::{Error, ProblemDetails};
@@ -160,20 +160,10 @@ pub struct OccupantOut {
     pub joined_at: DateTime<Utc>,
 }
 
-/// Paging for occupants.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct OccupantParams {
-    /// Page size, 1–500 (default 50).
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 /// The room's occupants with their metadata, in connection-id order.
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/connections", tag = "presence", operation_id = "presence.list",
-    params(("room" = String, Path, description = "Room id"), OccupantParams),
+    params(("room" = String, Path, description = "Room id"), PageParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of occupants", body = Page<OccupantOut>),
@@ -186,7 +176,7 @@ pub struct OccupantParams {
 async fn list_occupants(
     access: RoomAccess<Read>,
     State(state): State<AppState>,
-    Query(params): Query<OccupantParams>,
+    Query(params): Query<PageParams>,
 ) -> Result<Json<Page<OccupantOut>>, Error> {
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;

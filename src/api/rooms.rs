@@ -372,13 +372,13 @@ async fn put_room_metadata(
     Ok(response)
 }
 
-/// The `strategy` of a plain-JSON PATCH.
+/// The `strategy` of a plain-JSON PATCH, shared by every metadata scope.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PatchParams {
+pub(super) struct StrategyParams {
     /// `merge` (default: top-level keys) or `deepMerge` (recursive);
     /// only with `Content-Type: application/json`.
-    strategy: Option<String>,
+    pub(super) strategy: Option<String>,
 }
 
 /// Update the room's metadata; the strategy follows the `Content-Type`.
@@ -394,7 +394,7 @@ pub struct PatchParams {
     patch, path = "/v1/rooms/{room}/metadata", tag = "rooms", operation_id = "rooms.metadata.patch",
     params(
         ("room" = String, Path, description = "Room id"),
-        PatchParams,
+        StrategyParams,
         ("If-Match" = Option<String>, Header, description = "Write only at this version"),
     ),
     request_body(content(
@@ -425,7 +425,7 @@ async fn patch_room_metadata(
     access: RoomAccess<WriteRoom>,
     preconditions: Preconditions,
     State(state): State<AppState>,
-    Query(params): Query<PatchParams>,
+    Query(params): Query<StrategyParams>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, Error> {

@@ -6,15 +6,15 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
-use super::rooms::{content_type, not_modified, with_etag};
+use super::pagination::{Page, PageParams, decode_cursor, encode_cursor, page_limit};
+use super::rooms::{StrategyParams, content_type, not_modified, with_etag};
 use crate::auth::{Action, AuthUser, Read, RoomAccess, WriteSession};
 use crate::db::outbox;
 use crate::db::sessions::{self as db, SessionRow};
@@ -206,14 +206,6 @@ async fn put_session_metadata(
     Ok(with_etag(row.version, Json(row.metadata.0)))
 }
 
-/// The `strategy` of a plain-JSON PATCH.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StrategyParams {
-    /// `merge` (default) or `deepMerge`; only with `application/json`.
-    strategy: Option<String>,
-}
-
 /// Update the active session's metadata; the strategy follows the
 /// `Content-Type` exactly as for room metadata.
 #[utoipa::path(
@@ -318,20 +310,10 @@ async fn write_metadata(
     Ok(stored)
 }
 
-/// Paging for session history.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct HistoryParams {
-    /// Page size, 1–500 (default 50).
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 /// The room's sessions, newest first (the active one included).
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/sessions", tag = "sessions", operation_id = "sessions.history",
-    params(("room" = String, Path, description = "Room id"), HistoryParams),
+    params(("room" = String, Path, description = "Room id"), PageParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of sessions", body = Page<SessionRecord>),
@@ -344,7 +326,7 @@ pub struct HistoryParams {
 async fn list_sessions(
     access: RoomAccess<Read>,
     State(state): State<AppState>,
-    Query(params): Query<HistoryParams>,
+    Query(params): Query<PageParams>,
 ) -> Result<Json<Page<SessionRecord>>, Error> {
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(history_position).transpose()?;
