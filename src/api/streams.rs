@@ -4,16 +4,17 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -23,8 +24,8 @@ use super::connections::ConnectionPath;
 use super::rooms::find_room;
 use crate::auth::{Action, AuthUser, RoomPath};
 use crate::error::{Error, ProblemDetails};
-use crate::events::connection_stream;
 use crate::events::subscriber::{self, Start};
+use crate::events::{connection_stream, frame};
 use crate::extract::Query;
 use crate::presence::connections;
 use crate::state::AppState;
@@ -181,7 +182,7 @@ async fn room_events(
     State(state): State<AppState>,
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
+) -> Result<Response, Error> {
     if !user.permissions.allows(&room, Action::Read) {
         return Err(Error::forbidden(format!(
             "the token does not allow read on room {room}"
@@ -189,8 +190,8 @@ async fn room_events(
     }
     find_room(&state, &room).await?;
     let start = last_event_id(&headers, params).map_or(Start::Sync, Start::After);
-    let frames = subscriber::open(&state, room.as_str(), start, user.expires_at).await?;
-    Ok(sse(frames))
+    let frames = subscriber::open(&state, room.as_str(), start).await?;
+    Ok(sse(&state, frames, user.expires_at))
 }
 
 /// Where a client resumes: the `Last-Event-ID` header, else `?last_event_id=`.
@@ -202,10 +203,40 @@ fn last_event_id(headers: &HeaderMap, params: StreamParams) -> Option<String> {
         .or(params.last_event_id)
 }
 
-/// The SSE response for a subscriber's frames, with keep-alive comments.
-fn sse(frames: mpsc::Receiver<SseEvent>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = futures_util::StreamExt::map(ReceiverStream::new(frames), Ok);
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+/// The SSE response for a subscriber's frames: a keep-alive comment after
+/// every 15 s without one, and the end when the token expires or the
+/// instance stops (axum#2673: a stream is not ended by graceful shutdown).
+fn sse(
+    state: &AppState,
+    frames: impl Stream<Item = Bytes> + Send + 'static,
+    token_expires_at: u64,
+) -> Response {
+    let open = crate::metrics::OpenStream::start();
+    let expires_in =
+        Duration::from_secs(token_expires_at.saturating_sub(Utc::now().timestamp() as u64));
+    let lifecycle = state.lifecycle.clone();
+    let end = async move {
+        tokio::select! {
+            () = tokio::time::sleep(expires_in) => {}
+            () = lifecycle.stopped() => {}
+        }
+    };
+    let idle = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let body = tokio_stream::StreamExt::timeout_repeating(frames, idle)
+        .map(move |frame| {
+            // The gauge counts the stream until its body is dropped.
+            let _open = &open;
+            Ok::<_, Infallible>(frame.unwrap_or(frame::KEEP_ALIVE))
+        })
+        .take_until(end);
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// The connection's own stream (its owner, or an admin): the events of every
@@ -239,12 +270,12 @@ async fn connection_events(
     State(state): State<AppState>,
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
+) -> Result<Response, Error> {
     let conn = connections::load(&state, &id)
         .await?
         .filter(|conn| user.permissions.admin || conn.owner == user.subject)
         .ok_or_else(|| connections::not_found(&id))?;
     let cursor = last_event_id(&headers, params);
-    let frames = connection_stream::open(&state, &conn, cursor, user.expires_at).await?;
-    Ok(sse(frames))
+    let frames = connection_stream::open(&state, &conn, cursor).await?;
+    Ok(sse(&state, ReceiverStream::new(frames), user.expires_at))
 }

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::Event as SseEvent;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use chrono::Utc;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -23,9 +23,10 @@ use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::SYSTEM_ACTOR;
+use super::frame;
 use super::hub::{Delivery, Feed, StoredEvent, read_after, resumable_from, stream_end};
 use super::ids::{StreamPosition, current_epoch};
-use super::subscriber::{SUBSCRIBER_BUFFER, snapshot};
+use super::subscriber::snapshot;
 use crate::cache::Keys;
 use crate::error::Error;
 use crate::presence::{Connection, connections};
@@ -48,15 +49,18 @@ fn decode_cursor(raw: &str) -> Option<(String, BTreeMap<String, StreamPosition>)
     Some((cursor.e, positions))
 }
 
+/// Frames buffered between a connection stream's task and its HTTP body.
+const BUFFER: usize = 64;
+
 /// Opens the connection's stream; a task keeps it fed (and the lease alive)
-/// until the client goes, the connection ends, the token expires or the
-/// instance stops. Closing the last stream starts the grace period.
+/// until the client goes (the body is dropped: its end, token expiry and
+/// shutdown are the body's) or the connection ends. Closing the last stream
+/// starts the grace period.
 pub async fn open(
     state: &AppState,
     conn: &Connection,
     cursor: Option<String>,
-    token_expires_at: u64,
-) -> Result<mpsc::Receiver<SseEvent>, Error> {
+) -> Result<mpsc::Receiver<Bytes>, Error> {
     let mut stream = ConnStream {
         state: state.clone(),
         id: conn.id.clone(),
@@ -75,12 +79,11 @@ pub async fn open(
     let ttl = conn.expires_at - conn.created_at;
     let refresh =
         (ttl.to_std().unwrap_or(Duration::from_secs(30)) / 3).max(Duration::from_millis(200));
-    let (sender, frames) = mpsc::channel(SUBSCRIBER_BUFFER);
+    let (sender, frames) = mpsc::channel(BUFFER);
     tokio::spawn(async move {
-        let _open = crate::metrics::OpenStream::start();
         let state = stream.state.clone();
         let id = stream.id.clone();
-        stream.run(first, sender, token_expires_at, refresh).await;
+        stream.run(first, sender, refresh).await;
         closed(&state, &id).await;
     });
     Ok(frames)
@@ -164,7 +167,7 @@ impl ConnStream {
 
     /// Subscribes to everything, then replays what the cursor allows and
     /// snapshots the rest.
-    async fn start(&mut self, cursor: Option<String>) -> Result<Vec<SseEvent>, Error> {
+    async fn start(&mut self, cursor: Option<String>) -> Result<Vec<Bytes>, Error> {
         let mut topics = vec![self.own.clone()];
         topics.extend(self.rooms().await?);
         for topic in &topics {
@@ -210,7 +213,7 @@ impl ConnStream {
 
     /// A `sync` covering the connection itself and `topics`' rooms, each
     /// positioned at its stream's end read before its snapshot.
-    async fn sync(&mut self, topics: &[String]) -> Result<SseEvent, Error> {
+    async fn sync(&mut self, topics: &[String]) -> Result<Bytes, Error> {
         let keys = &self.state.redis_keys;
         let mut rooms = Map::new();
         for topic in topics {
@@ -230,15 +233,12 @@ impl ConnStream {
             })),
             "rooms": rooms,
         });
-        Ok(SseEvent::default()
-            .id(self.cursor())
-            .event("sync")
-            .data(data.to_string()))
+        Ok(frame::encode(&self.cursor(), "sync", &data.to_string()))
     }
 
     /// The frames for one stored event of `topic`; membership markers on
     /// the connection's own topic start or stop following a room.
-    async fn deliver(&mut self, topic: &str, event: &StoredEvent) -> Result<Vec<SseEvent>, Error> {
+    async fn deliver(&mut self, topic: &str, event: &StoredEvent) -> Result<Vec<Bytes>, Error> {
         if topic != self.own || !event.kind.starts_with("membership.") {
             return Ok(self.frame(topic, event).into_iter().collect());
         }
@@ -269,7 +269,7 @@ impl ConnStream {
 
     /// A frame for a room event or the connection's own metadata change,
     /// skipping what this stream already gave.
-    fn frame(&mut self, topic: &str, event: &StoredEvent) -> Option<SseEvent> {
+    fn frame(&mut self, topic: &str, event: &StoredEvent) -> Option<Bytes> {
         if self
             .positions
             .get(topic)
@@ -286,36 +286,18 @@ impl ConnStream {
             // It comes once, from the connection's own topic.
             return None;
         }
-        Some(
-            SseEvent::default()
-                .id(self.cursor())
-                .event(&event.kind)
-                .data(&event.data),
-        )
+        Some(frame::encode(&self.cursor(), &event.kind, &event.data))
     }
 
-    async fn run(
-        mut self,
-        first: Vec<SseEvent>,
-        sender: mpsc::Sender<SseEvent>,
-        token_expires_at: u64,
-        refresh: Duration,
-    ) {
+    async fn run(mut self, first: Vec<Bytes>, sender: mpsc::Sender<Bytes>, refresh: Duration) {
         for frame in first {
             if sender.send(frame).await.is_err() {
                 return;
             }
         }
-        let expires_in =
-            Duration::from_secs(token_expires_at.saturating_sub(Utc::now().timestamp() as u64));
-        let token_expired = tokio::time::sleep(expires_in);
-        tokio::pin!(token_expired);
         let mut lease = tokio::time::interval(refresh);
-        let stopped = self.state.lifecycle.clone();
         loop {
             let next = tokio::select! {
-                () = stopped.stopped() => return,
-                () = &mut token_expired => return,
                 () = sender.closed() => return,
                 _ = lease.tick() => {
                     match connections::heartbeat(&self.state, &self.id).await {
@@ -334,7 +316,7 @@ impl ConnStream {
                 return;
             };
             let frames = match delivery {
-                Ok(Delivery::Event(event)) => match self.deliver(&topic, &event).await {
+                Ok(Delivery::Event(live)) => match self.deliver(&topic, &live.event).await {
                     Ok(frames) => frames,
                     Err(err) => {
                         tracing::warn!(error = %err, "connection stream failed; closing it");

@@ -7,20 +7,22 @@
 //! the subscription reconnects.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::{Notify, broadcast};
 
-use super::ids::{StreamPosition, current_epoch};
+use super::frame;
+use super::ids::{EventId, StreamPosition, current_epoch};
 use crate::cache::Keys;
 use crate::lifecycle::Lifecycle;
 
 /// Entries one feed buffers for its subscribers; a subscriber that falls
 /// further behind gets a `sync` instead.
-const FEED_CAPACITY: usize = 256;
+pub const FEED_CAPACITY: usize = 256;
 /// Entries read per XRANGE.
 const READ_BATCH: usize = 256;
 /// A feed re-reads its stream (and checks the epoch) at least this often.
@@ -36,10 +38,30 @@ pub struct StoredEvent {
     pub data: String,
 }
 
+/// An event as a feed broadcasts it, with the epoch its id belongs to.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub event: StoredEvent,
+    pub epoch: String,
+    /// The room-stream frame, encoded by the first subscriber that sends it
+    /// and shared by all the others.
+    frame: OnceLock<Bytes>,
+}
+
+impl LiveEvent {
+    /// The SSE frame with the room-stream id `<epoch>-<ms>-<seq>`.
+    pub fn frame(&self) -> &Bytes {
+        self.frame.get_or_init(|| {
+            let id = EventId::new(&self.epoch, self.event.position).to_string();
+            frame::encode(&id, &self.event.kind, &self.event.data)
+        })
+    }
+}
+
 /// What a feed sends its subscribers.
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    Event(Arc<StoredEvent>),
+    Event(Arc<LiveEvent>),
     /// The history was lost (Redis restarted): every subscriber resyncs.
     Resync,
 }
@@ -216,7 +238,11 @@ async fn run_feed(
                 for event in events {
                     position = event.position;
                     // No receivers is fine: the feed ends on the next round.
-                    let _ = current.sender.send(Delivery::Event(Arc::new(event)));
+                    let _ = current.sender.send(Delivery::Event(Arc::new(LiveEvent {
+                        event,
+                        epoch: epoch.clone(),
+                        frame: OnceLock::new(),
+                    })));
                 }
             }
             Err(err) => tracing::debug!(error = %err, room, "feed cannot read its stream"),

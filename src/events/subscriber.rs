@@ -1,22 +1,19 @@
 //! One subscriber's stream of a room: a `sync` snapshot or an exact replay
 //! first, then live events, in order, without duplicates or silent gaps.
 
-use std::time::Duration;
-
-use axum::response::sse::Event as SseEvent;
+use bytes::Bytes;
 use chrono::Utc;
+use futures_util::{Stream, StreamExt, stream};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
-use super::hub::{Delivery, StoredEvent, read_after, resumable_from, stream_end};
+use super::frame;
+use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, read_after, resumable_from, stream_end};
 use super::ids::{EventId, StreamPosition, current_epoch};
 use crate::db;
 use crate::error::Error;
 use crate::presence::occupancy;
 use crate::state::AppState;
-
-/// Frames buffered per subscriber between its task and its HTTP body.
-pub const SUBSCRIBER_BUFFER: usize = 64;
 
 /// Where a subscription starts.
 pub enum Start {
@@ -26,16 +23,16 @@ pub enum Start {
     After(String),
 }
 
-/// Opens a room subscription: checks the room exists, subscribes to the live
-/// feed before reading anything, and returns the frames' receiver; a task
-/// keeps it fed until the client goes, the token expires, the room is
-/// deleted or the instance stops.
+/// Opens a room subscription: subscribes to the live feed before reading
+/// anything (so nothing falls between the first frames and the live ones)
+/// and returns its frames. The stream is polled by the response body itself (no task of its
+/// own, so one wake-up per event), and ends after `room.deleted`, when the
+/// feed closes, or when it is dropped.
 pub async fn open(
     state: &AppState,
     room: &str,
     start: Start,
-    token_expires_at: u64,
-) -> Result<mpsc::Receiver<SseEvent>, Error> {
+) -> Result<impl Stream<Item = Bytes> + Send + 'static, Error> {
     let (feed, receiver) = state.hub.subscribe(room).await?;
     let mut session = Session {
         state: state.clone(),
@@ -44,14 +41,13 @@ pub async fn open(
         position: StreamPosition::default(),
     };
     let first = session.start(start).await?;
-    let (sender, frames) = mpsc::channel(SUBSCRIBER_BUFFER);
-    tokio::spawn(async move {
-        // The feed lives as long as one of its subscribers holds it.
-        let _feed = feed;
-        let _open = crate::metrics::OpenStream::start();
-        session.run(first, receiver, sender, token_expires_at).await;
-    });
-    Ok(frames)
+    let live = Live {
+        session,
+        receiver,
+        _feed: feed,
+        ended: false,
+    };
+    Ok(stream::iter(first).chain(stream::unfold(live, Live::next)))
 }
 
 struct Session {
@@ -64,7 +60,7 @@ struct Session {
 
 impl Session {
     /// The first frames: a replay when the id is resumable, else one `sync`.
-    async fn start(&mut self, start: Start) -> Result<Vec<SseEvent>, Error> {
+    async fn start(&mut self, start: Start) -> Result<Vec<Bytes>, Error> {
         if let Start::After(raw) = start
             && let Some(id) = EventId::parse(&raw)
             && self.resumable(&id).await?
@@ -77,7 +73,7 @@ impl Session {
                 self.position,
             )
             .await?;
-            return Ok(events.iter().map(|event| self.deliver(event)).collect());
+            return Ok(events.iter().map(|event| self.replayed(event)).collect());
         }
         crate::metrics::stream_sync("start");
         Ok(vec![self.sync().await?])
@@ -100,57 +96,51 @@ impl Session {
 
     /// A `sync` frame with the room's current state, positioned at the
     /// stream's end read *before* the state, so nothing falls in between.
-    async fn sync(&mut self) -> Result<SseEvent, Error> {
+    async fn sync(&mut self) -> Result<Bytes, Error> {
         self.epoch = current_epoch(&self.state.redis, &self.state.redis_keys).await?;
         self.position = stream_end(&self.state.redis, &self.state.redis_keys, &self.room).await?;
         let snapshot = snapshot(&self.state, &self.room).await?;
-        Ok(SseEvent::default()
-            .id(EventId::new(&self.epoch, self.position).to_string())
-            .event("sync")
-            .data(snapshot.to_string()))
+        let id = EventId::new(&self.epoch, self.position).to_string();
+        Ok(frame::encode(&id, "sync", &snapshot.to_string()))
     }
 
-    fn deliver(&mut self, event: &StoredEvent) -> SseEvent {
+    fn replayed(&mut self, event: &StoredEvent) -> Bytes {
         self.position = event.position;
-        SseEvent::default()
-            .id(EventId::new(&self.epoch, event.position).to_string())
-            .event(&event.kind)
-            .data(&event.data)
+        let id = EventId::new(&self.epoch, event.position).to_string();
+        frame::encode(&id, &event.kind, &event.data)
     }
 
-    async fn run(
-        mut self,
-        first: Vec<SseEvent>,
-        mut receiver: broadcast::Receiver<Delivery>,
-        sender: mpsc::Sender<SseEvent>,
-        token_expires_at: u64,
-    ) {
-        for frame in first {
-            if sender.send(frame).await.is_err() {
-                return;
-            }
+    /// A live event's frame: the feed's shared one when both agree on the
+    /// epoch (they differ only briefly after Redis lost its history).
+    fn live(&mut self, live: &LiveEvent) -> Bytes {
+        if live.epoch != self.epoch {
+            return self.replayed(&live.event);
         }
-        let expires_in =
-            Duration::from_secs(token_expires_at.saturating_sub(Utc::now().timestamp() as u64));
-        let token_expired = tokio::time::sleep(expires_in);
-        tokio::pin!(token_expired);
-        let stopped = self.state.lifecycle.clone();
+        self.position = live.event.position;
+        live.frame().clone()
+    }
+}
+
+/// The live part of a subscription.
+struct Live {
+    session: Session,
+    receiver: broadcast::Receiver<Delivery>,
+    /// The feed lives as long as one of its subscribers holds it.
+    _feed: std::sync::Arc<Feed>,
+    ended: bool,
+}
+
+impl Live {
+    async fn next(mut self) -> Option<(Bytes, Self)> {
+        if self.ended {
+            return None;
+        }
         loop {
-            let delivery = tokio::select! {
-                () = stopped.stopped() => return,
-                () = &mut token_expired => return,
-                () = sender.closed() => return,
-                delivery = receiver.recv() => delivery,
-            };
+            let delivery = self.receiver.recv().await;
             let frame = match delivery {
-                Ok(Delivery::Event(event)) if event.position > self.position => {
-                    let ends = event.kind == "room.deleted";
-                    let frame = self.deliver(&event);
-                    if ends {
-                        let _ = sender.send(frame).await;
-                        return;
-                    }
-                    frame
+                Ok(Delivery::Event(event)) if event.event.position > self.session.position => {
+                    self.ended = event.event.kind == "room.deleted";
+                    self.session.live(&event)
                 }
                 Ok(Delivery::Event(_)) => continue,
                 // Fell behind the feed, or history was lost: a fresh snapshot.
@@ -160,19 +150,19 @@ impl Session {
                     } else {
                         "lag"
                     });
-                    match self.sync().await {
+                    // Boxed: a rare path whose future would otherwise make
+                    // every idle subscriber as large as a Postgres query.
+                    match Box::pin(self.session.sync()).await {
                         Ok(frame) => frame,
                         Err(err) => {
-                            tracing::warn!(error = %err, room = self.room, "cannot resync a stream; closing it");
-                            return;
+                            tracing::warn!(error = %err, room = self.session.room, "cannot resync a stream; closing it");
+                            return None;
                         }
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => return None,
             };
-            if sender.send(frame).await.is_err() {
-                return;
-            }
+            return Some((frame, self));
         }
     }
 }

@@ -79,6 +79,27 @@ impl SseStream {
         }
     }
 
+    /// Waits up to `wait` for the next comment (a keep-alive); an event
+    /// arriving first fails the test.
+    pub async fn expect_comment(&mut self, wait: Duration) -> String {
+        tokio::time::timeout(wait, async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    assert!(block.starts_with(':'), "expected a comment, got {block:?}");
+                    return block;
+                }
+                let frame = self.body.frame().await.expect("the stream is open");
+                if let Ok(data) = frame.expect("a body frame").into_data() {
+                    self.buffer
+                        .push_str(std::str::from_utf8(&data).expect("UTF-8"));
+                }
+            }
+        })
+        .await
+        .expect("a comment within the wait")
+    }
+
     /// The next event, which must be of `kind`.
     pub async fn expect(&mut self, kind: &str) -> Frame {
         let frame = self

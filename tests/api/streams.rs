@@ -258,6 +258,48 @@ async fn deleting_the_room_ends_its_streams_after_room_deleted(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_stream_ends_when_its_token_expires(pool: PgPool) {
+    use metacast::auth::{MetacastClaim, TokenRequest};
+
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    app.create_room("lobby", json!({})).await;
+    let token = app
+        .state
+        .keys
+        .mint(&TokenRequest {
+            subject: "brief".into(),
+            claim: MetacastClaim {
+                admin: true,
+                ..MetacastClaim::default()
+            },
+            ttl: Duration::from_secs(2),
+        })
+        .unwrap();
+    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
+    stream.expect("sync").await;
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends once the token has expired"
+    );
+}
+
+#[sqlx::test]
+async fn an_idle_stream_gets_keep_alive_comments(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let token = app.admin();
+    app.create_room("lobby", json!({})).await;
+    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
+    stream.expect("sync").await;
+    // SPEC: a comment at least every 15 s; allow for a busy machine.
+    let comment = stream.expect_comment(Duration::from_secs(25)).await;
+    assert_eq!(comment, ":\n\n");
+    patch(&app, "lobby", json!({"after": "keep-alive"})).await;
+    stream.expect("room.metadata.updated").await;
+}
+
+#[sqlx::test]
 async fn shutdown_ends_open_streams(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let base = app.listen().await;
@@ -280,7 +322,9 @@ fn lag_syncs(app: &TestApp) -> u64 {
 
 #[sqlx::test]
 async fn a_slow_subscriber_gets_a_sync_instead_of_an_unbounded_backlog(pool: PgPool) {
-    use metacast::events::subscriber::{self, SUBSCRIBER_BUFFER, Start};
+    use futures_util::StreamExt;
+    use metacast::events::hub::FEED_CAPACITY;
+    use metacast::events::subscriber::{self, Start};
     use metacast::events::{self, Event};
 
     let app = TestApp::new(pool).await;
@@ -288,12 +332,12 @@ async fn a_slow_subscriber_gets_a_sync_instead_of_an_unbounded_backlog(pool: PgP
     app.listen().await;
     app.create_room("lobby", json!({})).await;
     let before = lag_syncs(&app);
-    let far_future = u64::MAX / 2;
     // A subscriber that reads nothing while the room produces far more than
     // its buffers hold.
-    let mut frames = subscriber::open(&app.state, "lobby", Start::Sync, far_future)
+    let frames = subscriber::open(&app.state, "lobby", Start::Sync)
         .await
         .unwrap();
+    let mut frames = std::pin::pin!(frames);
     for _ in 0..1_000 {
         events::publish(
             &app.state,
@@ -303,7 +347,7 @@ async fn a_slow_subscriber_gets_a_sync_instead_of_an_unbounded_backlog(pool: PgP
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut received = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), frames.recv()).await {
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), frames.next()).await {
         received += 1;
     }
     assert!(
@@ -312,6 +356,6 @@ async fn a_slow_subscriber_gets_a_sync_instead_of_an_unbounded_backlog(pool: PgP
     );
     assert!(
         received < 1_000,
-        "it got a snapshot in place of the backlog ({received} frames, buffer {SUBSCRIBER_BUFFER})"
+        "it got a snapshot in place of the backlog ({received} frames, feed buffer {FEED_CAPACITY})"
     );
 }
