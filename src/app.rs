@@ -79,11 +79,6 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
     spawn_background(&state)?;
     let app = crate::api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "metacast listening");
-    // `into_make_service` shares the router between connections; serving the
-    // `Router` itself would rebuild every route for each new connection
-    // (~70 KiB per connection, measured).
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move { lifecycle.stopped().await })
-        .await
-        .context("serving HTTP")
+    crate::http::serve(listener, app, async move { lifecycle.stopped().await }).await;
+    Ok(())
 }

@@ -14,6 +14,7 @@ pub mod document;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod http;
 pub mod ids;
 pub mod lifecycle;
 pub mod metrics;

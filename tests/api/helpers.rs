@@ -77,10 +77,7 @@ impl TestApp {
         let lifecycle = self.state.lifecycle.clone();
         let router = self.router.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router.into_make_service())
-                .with_graceful_shutdown(async move { lifecycle.stopped().await })
-                .await
-                .expect("serve");
+            metacast::http::serve(listener, router, async move { lifecycle.stopped().await }).await;
         });
         format!("http://{addr}")
     }
