@@ -6,11 +6,16 @@
 //! at the end) and prints:
 //!
 //! - write→event latency with one subscriber (PATCH sent → event received);
-//! - fan-out of one change to N idle subscribers of one room: how many got
-//!   it, and p50/p99/max of the delay;
-//! - server memory per idle stream: the server's Pss growth ÷ N.
+//! - fan-out of a change to N idle subscribers of one room, over a few
+//!   rounds (one change each): how many got it (the fewest in any round),
+//!   and p50/p99/max of the delay over every delivery;
+//! - server memory per idle stream: the server's Pss growth ÷ N;
+//! - CPU time per change (user + system, so the kernel's TCP work on both
+//!   ends of loopback counts) of the server and of this load client, which
+//!   share the machine's cores.
 //!
-//! Knobs: `BENCH_FANOUT` (default `1000,10000`), `BENCH_WRITES` (default 200).
+//! Knobs: `BENCH_FANOUT` (default `1000,10000`), `BENCH_WRITES` (default
+//! 200), `BENCH_ROUNDS` (changes per fan-out size, default 5).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -144,6 +149,21 @@ fn pss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no Pss in smaps_rollup")
 }
 
+/// CPU time (user + system) a process has used so far, in milliseconds
+/// (`/proc/<pid>/stat`, clock ticks of 10 ms).
+fn cpu_ms(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks * 10.0)
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -184,6 +204,10 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let binary =
         std::env::var("BENCH_METACAST_BIN").unwrap_or_else(|_| "target/release/metacast".into());
 
@@ -221,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
         base: format!("http://127.0.0.1:{port}"),
         pid,
     };
-    let result = run(&server, &secret, &fanouts, writes).await;
+    let result = run(&server, &secret, &fanouts, writes, rounds).await;
 
     let _ = tokio::process::Command::new("kill")
         .arg(server.pid.to_string())
@@ -259,6 +283,7 @@ async fn run(
     secret: &str,
     fanouts: &[usize],
     writes: usize,
+    rounds: usize,
 ) -> anyhow::Result<()> {
     let http = client();
     let ready = format!("{}/readyz", server.base);
@@ -326,15 +351,25 @@ async fn run(
     }
     reader.abort();
     latencies.sort();
-    println!("SSE on {} ({} writes for latency)", server.base, writes);
+    println!(
+        "SSE on {} ({writes} writes for latency, {rounds} changes per fan-out)",
+        server.base
+    );
     println!(
         "write→event latency, 1 subscriber: p50 {:.2} ms, p99 {:.2} ms",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99)
     );
     println!(
-        "{:>12} {:>10} {:>10} {:>10} {:>10} {:>16}",
-        "subscribers", "delivered", "p50 ms", "p99 ms", "max ms", "KiB per stream"
+        "{:>12} {:>10} {:>8} {:>8} {:>8} {:>15} {:>15} {:>15}",
+        "subscribers",
+        "delivered",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "KiB per stream",
+        "server CPU ms",
+        "client CPU ms"
     );
 
     let mut version = writes as i64 + 1;
@@ -367,33 +402,51 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = pss_kib(server.pid)?;
-        version += 1;
-        let sent = Instant::now();
-        put(
-            &http,
-            &metadata,
-            &token,
-            Method::PATCH,
-            &format!(r#"{{"fanout":{n}}}"#),
-        )
-        .await?;
-        let mut delays = Vec::with_capacity(n);
-        while delays.len() < n {
-            match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
-                Ok(Some((got, at))) if got == version => delays.push(at - sent),
-                Ok(Some(_)) => {}
-                _ => break,
+        // Each round is one change; `delivered` is the fewest subscribers
+        // any round reached, the delays are over every delivery.
+        let mut delays = Vec::with_capacity(n * rounds);
+        let mut delivered = n;
+        let server_cpu = cpu_ms(&server.pid.to_string())?;
+        let client_cpu = cpu_ms("self")?;
+        for round in 0..rounds {
+            version += 1;
+            let sent = Instant::now();
+            put(
+                &http,
+                &metadata,
+                &token,
+                Method::PATCH,
+                &format!(r#"{{"fanout":{n},"round":{round}}}"#),
+            )
+            .await?;
+            let mut got_it = 0;
+            while got_it < n {
+                match tokio::time::timeout(Duration::from_secs(10), received.recv()).await {
+                    Ok(Some((got, at))) if got == version => {
+                        delays.push(at - sent);
+                        got_it += 1;
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
             }
+            delivered = delivered.min(got_it);
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let per_change = |before: f64, now: f64| (now - before) / rounds as f64;
+        let server_cpu = per_change(server_cpu, cpu_ms(&server.pid.to_string())?);
+        let client_cpu = per_change(client_cpu, cpu_ms("self")?);
         delays.sort();
         println!(
-            "{:>12} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>16.1}",
+            "{:>12} {:>10} {:>8.1} {:>8.1} {:>8.1} {:>15.1} {:>15.1} {:>15.1}",
             n,
-            delays.len(),
+            delivered,
             percentile(&delays, 0.5),
             percentile(&delays, 0.99),
             percentile(&delays, 1.0),
-            after.saturating_sub(before) as f64 / n as f64
+            after.saturating_sub(before) as f64 / n as f64,
+            server_cpu,
+            client_cpu,
         );
         for reader in &readers {
             reader.abort();
