@@ -151,7 +151,7 @@ async fn list_rooms(
         // One extra row tells whether another page follows.
         limit: limit as i64 + 1,
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     if query.filter.is_some() {
         sqlx::query("select set_config('statement_timeout', $1, true)")
             .bind(WHERE_TIMEOUT)
@@ -256,7 +256,7 @@ async fn delete_room(
     preconditions.check_write(Some(row.version))?;
     occupancy::evict_all(&state, room.as_str(), actor).await?;
 
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let row = db::lock(&mut tx, room.as_str())
         .await?
         .filter(RoomRow::is_live)
@@ -497,7 +497,7 @@ async fn write_metadata(
     write: &Write,
     absent: Absent,
 ) -> Result<(RoomRow, bool), Error> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let row = match absent {
         Absent::Create => db::lock_or_insert(&mut tx, room.as_str()).await?,
         Absent::NotFound => db::lock(&mut tx, room.as_str())

@@ -285,7 +285,7 @@ async fn write_metadata(
     write: &Write,
 ) -> Result<SessionRow, Error> {
     let room = &access.room;
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let row = db::lock_active(&mut tx, room.as_str())
         .await?
         .ok_or_else(|| no_active_session(room, StatusCode::CONFLICT))?;

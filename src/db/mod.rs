@@ -11,7 +11,7 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::config::Settings;
 
@@ -45,6 +45,22 @@ pub fn pool_options(settings: &Settings) -> PgPoolOptions {
         // connection broken by a Postgres restart fails at most one request
         // (503) before the pool drops it.
         .test_before_acquire(false)
+}
+
+/// Begins a transaction that is rolled back even when the caller is
+/// cancelled (a client hanging up) while `BEGIN` awaits its answer: sqlx
+/// queues its rollback only once `BEGIN` has answered, so a cancelled
+/// `begin()` hands the connection back to the pool inside a transaction
+/// (the test `a_request_cancelled_during_begin_leaves_no_transaction_open`
+/// shows it), where the next request's statements would run and be
+/// committed or rolled back with someone else's. Here `BEGIN` runs to the
+/// end in its own task; a transaction nobody waits for any more is dropped
+/// there, which rolls it back.
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))?
 }
 
 fn connect_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {

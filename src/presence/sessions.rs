@@ -24,7 +24,7 @@ pub async fn start(
     occupancy: i64,
     actor: &str,
 ) -> Result<Vec<Event>, Error> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     let create = state.settings.presence.auto_create_rooms;
     rooms::lock_for_session(&mut tx, room.as_str(), create)
         .await?
@@ -58,7 +58,7 @@ pub async fn end(
     peak: i64,
     actor: &str,
 ) -> Result<Vec<Event>, Error> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     rooms::lock(&mut tx, room).await?;
     let peak = i32::try_from(peak).unwrap_or(i32::MAX);
     let ended: Vec<SessionRow> = sessions::end(&mut tx, session_id, peak)
@@ -72,7 +72,7 @@ pub async fn end(
 
 /// Ends whatever session of `room` Postgres still holds open.
 pub async fn end_open(state: &AppState, room: &str, actor: &str) -> Result<Vec<Event>, Error> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin(&state.db).await?;
     rooms::lock(&mut tx, room).await?;
     let ended = sessions::end_others(&mut tx, room, None).await?;
     let events = record_ended(&mut tx, &ended, actor).await?;

@@ -1,9 +1,13 @@
 //! No lost updates: concurrent writers to one document all land.
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use futures_util::future::join_all;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::TestApp;
 
@@ -97,4 +101,63 @@ async fn concurrent_creates_make_one_room(pool: PgPool) {
         .count();
     assert_eq!((created, refused), (1, 19), "{statuses:?}");
     assert_eq!(app.get(LOBBY).bearer(&token).send().await.version(), 1);
+}
+
+/// Whether the pool's connection is inside a transaction block: only there
+/// may a savepoint be set.
+async fn in_transaction(pool: &PgPool) -> bool {
+    sqlx::raw_sql("savepoint probe").execute(pool).await.is_ok()
+}
+
+/// A TCP proxy to `upstream` that holds every reply back for `delay`, so a
+/// request can be cancelled while its statement is surely in flight.
+async fn slow_replies_proxy(upstream: String, delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(&upstream).await.unwrap();
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+            });
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = from_server.read(&mut buffer).await {
+                    tokio::time::sleep(delay).await;
+                    if to_client.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[sqlx::test]
+async fn a_request_cancelled_during_begin_leaves_no_transaction_open(pool: PgPool) {
+    let options = (*pool.connect_options()).clone();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let proxy = slow_replies_proxy(upstream, Duration::from_millis(100)).await;
+    // One connection, so the check below runs on the one BEGIN was sent on.
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(options.host("127.0.0.1").port(proxy))
+        .await
+        .unwrap();
+    assert!(!in_transaction(&single).await);
+    // The connection is back in the pool once its release ping is answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // As when a client hangs up while the request's BEGIN awaits its reply.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(30), metacast::db::begin(&single)).await;
+    assert!(cancelled.is_err(), "BEGIN was still in flight");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !in_transaction(&single).await,
+        "the pooled connection is not left inside a transaction"
+    );
 }
