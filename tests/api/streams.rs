@@ -19,6 +19,17 @@ async fn subscribe(base: &str, room: &str, token: &str, extra: &[(&str, &str)]) 
     stream.unwrap()
 }
 
+/// Listens, creates an empty room `lobby` and opens an admin stream on it,
+/// past its first `sync` (returned too).
+async fn lobby_stream(app: &TestApp) -> (String, String, SseStream, sse::Frame) {
+    let base = app.listen().await;
+    let token = app.admin();
+    app.create_room("lobby", json!({})).await;
+    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
+    let sync = stream.expect("sync").await;
+    (base, token, stream, sync)
+}
+
 async fn patch(app: &TestApp, room: &str, body: Value) {
     let response = app
         .patch(&format!("/v1/rooms/{room}/metadata"))
@@ -85,12 +96,7 @@ async fn changes_through_one_instance_reach_streams_on_another(pool: PgPool) {
 #[sqlx::test]
 async fn reconnecting_with_last_event_id_replays_exactly_what_was_missed(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let base = app.listen().await;
-    let token = app.admin();
-    app.create_room("lobby", json!({})).await;
-
-    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
-    stream.expect("sync").await;
+    let (base, token, mut stream, _) = lobby_stream(&app).await;
     patch(&app, "lobby", json!({"n": 1})).await;
     let seen = stream.expect("room.metadata.updated").await;
     drop(stream);
@@ -141,11 +147,7 @@ async fn a_trimmed_history_yields_a_sync(pool: PgPool) {
     let mut settings = crate::helpers::test_settings();
     settings.presence.event_history = 3;
     let app = TestApp::with_settings(pool, settings).await;
-    let base = app.listen().await;
-    let token = app.admin();
-    app.create_room("lobby", json!({})).await;
-    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
-    let sync = stream.expect("sync").await;
+    let (base, token, stream, sync) = lobby_stream(&app).await;
     drop(stream);
     // Far more than the history keeps (MAXLEN ~ trims whole nodes: write plenty).
     for n in 0..300 {
@@ -287,11 +289,7 @@ async fn a_stream_ends_when_its_token_expires(pool: PgPool) {
 #[sqlx::test]
 async fn an_idle_stream_gets_keep_alive_comments(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let base = app.listen().await;
-    let token = app.admin();
-    app.create_room("lobby", json!({})).await;
-    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
-    stream.expect("sync").await;
+    let (_, _, mut stream, _) = lobby_stream(&app).await;
     // SPEC: a comment at least every 15 s; allow for a busy machine.
     let comment = stream.expect_comment(Duration::from_secs(25)).await;
     assert_eq!(comment, ":\n\n");
@@ -302,11 +300,7 @@ async fn an_idle_stream_gets_keep_alive_comments(pool: PgPool) {
 #[sqlx::test]
 async fn shutdown_ends_open_streams(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let base = app.listen().await;
-    let token = app.admin();
-    app.create_room("lobby", json!({})).await;
-    let mut stream = subscribe(&base, "lobby", &token, &[]).await;
-    stream.expect("sync").await;
+    let (_, _, mut stream, _) = lobby_stream(&app).await;
     app.state.lifecycle.stop();
     assert!(stream.next().await.is_none(), "the stream ends on shutdown");
 }
