@@ -12,17 +12,17 @@ use crate::events::Event;
 /// sequence number; fills in the event's `outbox` position.
 #[tracing::instrument(skip_all, fields(event = event.kind))]
 pub async fn record(conn: &mut PgConnection, event: &mut Event) -> sqlx::Result<()> {
-    let (seq,): (i64,) = sqlx::query_as(
-        "update rooms set event_seq = event_seq + 1 where id = $1 returning event_seq",
+    // One round trip: the room's next sequence number (its row is already
+    // locked by the change) and the row that carries it.
+    let (id, seq): (i64, i64) = sqlx::query_as(
+        "with next as (
+             update rooms set event_seq = event_seq + 1 where id = $1 returning event_seq
+         )
+         insert into outbox (room, seq, event_type, payload)
+         select $1, event_seq, $2, $3 from next
+         returning id, seq",
     )
     .bind(&event.room)
-    .fetch_one(&mut *conn)
-    .await?;
-    let (id,): (i64,) = sqlx::query_as(
-        "insert into outbox (room, seq, event_type, payload) values ($1, $2, $3, $4) returning id",
-    )
-    .bind(&event.room)
-    .bind(seq)
     .bind(event.kind)
     .bind(Json(&event.data))
     .fetch_one(conn)
