@@ -204,7 +204,7 @@ fn last_event_id(headers: &HeaderMap, params: StreamParams) -> Option<String> {
 }
 
 /// The SSE response for a subscriber's frames: a keep-alive comment after
-/// every 15 s without one, and the end when the token expires or the
+/// every 15 s without a frame, and the end when the token expires or the
 /// instance stops (axum#2673: a stream is not ended by graceful shutdown).
 fn sse(
     state: &AppState,
