@@ -48,13 +48,19 @@ pub struct LiveEvent {
     frame: OnceLock<Bytes>,
 }
 
+impl StoredEvent {
+    /// The room-stream SSE frame, with the id `<epoch>-<ms>-<seq>`.
+    pub fn room_frame(&self, epoch: &str) -> Bytes {
+        let id = EventId::new(epoch, self.position).to_string();
+        frame::encode(&id, &self.kind, &self.data)
+    }
+}
+
 impl LiveEvent {
-    /// The SSE frame with the room-stream id `<epoch>-<ms>-<seq>`.
+    /// The room-stream frame of this event in its feed's epoch.
     pub fn frame(&self) -> &Bytes {
-        self.frame.get_or_init(|| {
-            let id = EventId::new(&self.epoch, self.event.position).to_string();
-            frame::encode(&id, &self.event.kind, &self.event.data)
-        })
+        self.frame
+            .get_or_init(|| self.event.room_frame(&self.epoch))
     }
 }
 

@@ -1,6 +1,8 @@
 //! One subscriber's stream of a room: a `sync` snapshot or an exact replay
 //! first, then live events, in order, without duplicates or silent gaps.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::Utc;
 use futures_util::{Stream, StreamExt, stream};
@@ -25,9 +27,9 @@ pub enum Start {
 
 /// Opens a room subscription: subscribes to the live feed before reading
 /// anything (so nothing falls between the first frames and the live ones)
-/// and returns its frames. The stream is polled by the response body itself (no task of its
-/// own, so one wake-up per event), and ends after `room.deleted`, when the
-/// feed closes, or when it is dropped.
+/// and returns its frames. The response body polls the stream itself (no
+/// task of its own, so one wake-up per event); it ends after
+/// `room.deleted`, when the feed closes, or when it is dropped.
 pub async fn open(
     state: &AppState,
     room: &str,
@@ -106,8 +108,7 @@ impl Session {
 
     fn replayed(&mut self, event: &StoredEvent) -> Bytes {
         self.position = event.position;
-        let id = EventId::new(&self.epoch, event.position).to_string();
-        frame::encode(&id, &event.kind, &event.data)
+        event.room_frame(&self.epoch)
     }
 
     /// A live event's frame: the feed's shared one when both agree on the
@@ -126,7 +127,7 @@ struct Live {
     session: Session,
     receiver: broadcast::Receiver<Delivery>,
     /// The feed lives as long as one of its subscribers holds it.
-    _feed: std::sync::Arc<Feed>,
+    _feed: Arc<Feed>,
     ended: bool,
 }
 
