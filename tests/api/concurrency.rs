@@ -1,5 +1,6 @@
 //! No lost updates: concurrent writers to one document all land.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -39,43 +40,61 @@ async fn concurrent_merges_keep_every_key(pool: PgPool) {
 async fn concurrent_compare_and_set_never_loses_a_write(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let token = app.admin();
-    app.create_room("lobby", json!({})).await;
+    let initial = app.create_room("lobby", json!({"count": 0})).await;
 
-    // Each writer loops GET → PATCH with If-Match until it wins.
+    // Each writer loops read-modify-write: GET the document, PUT it back
+    // with its own key and the counter + 1, `If-Match` the version it read,
+    // until it wins. A PUT replaces the whole document, so any write that
+    // succeeded from a stale base would drop another writer's key.
     let writers = (0..WRITERS).map(|i| {
         let (app, token) = (&app, &token);
         async move {
             let mut conflicts = 0;
             loop {
-                let version = app.get(LOBBY).bearer(token).send().await.version();
+                let read = app.get(LOBBY).bearer(token).send().await;
+                let base = read.version();
+                let mut doc = read.json();
+                doc[format!("key{i}")] = json!(i);
+                doc["count"] = json!(doc["count"].as_i64().unwrap() + 1);
                 let response = app
-                    .patch(LOBBY)
+                    .put(LOBBY)
                     .bearer(token)
-                    .if_match(version)
-                    .json(&json!({ format!("key{i}"): i }))
+                    .if_match(base)
+                    .json(&doc)
                     .send()
                     .await;
                 match response.status {
-                    StatusCode::OK => {
-                        assert_eq!(response.version(), version + 1, "exactly one step up");
-                        return conflicts;
-                    }
+                    StatusCode::OK => return (base, response.version(), conflicts),
                     StatusCode::PRECONDITION_FAILED => conflicts += 1,
                     other => panic!("unexpected {other}: {response:?}"),
                 }
             }
         }
     });
-    let conflicts: usize = join_all(writers).await.into_iter().sum();
+    let outcomes = join_all(writers).await;
 
+    let successes = outcomes.len() as i64;
+    let mut bases = HashSet::new();
+    for (base, version, _) in &outcomes {
+        assert!(
+            bases.insert(*base),
+            "two successful writes from base version {base}"
+        );
+        assert_eq!(*version, base + 1, "exactly one step up from its base");
+    }
     let read = app.get(LOBBY).bearer(&token).send().await;
-    assert_eq!(read.json().as_object().unwrap().len(), WRITERS);
     assert_eq!(
         read.version(),
-        WRITERS as i64 + 1,
-        "one version per successful write"
+        initial + successes,
+        "final version = initial + successes"
     );
+    let doc = read.json();
+    assert_eq!(doc["count"], successes, "every increment landed");
+    for i in 0..WRITERS {
+        assert_eq!(doc[format!("key{i}")], i, "key{i} was lost");
+    }
     // Not an assertion on timing: only a record that the race was real.
+    let conflicts: usize = outcomes.iter().map(|(_, _, conflicts)| conflicts).sum();
     println!("{conflicts} If-Match conflicts were retried");
 }
 
