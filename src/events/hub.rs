@@ -7,6 +7,7 @@
 //! the subscription reconnects.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -83,6 +84,10 @@ struct Inner {
     keys: Keys,
     lifecycle: Lifecycle,
     feeds: Mutex<HashMap<String, Weak<Feed>>>,
+    /// Counts the wake-up subscriptions made. A new one follows a lost
+    /// connection, after which Redis may be a restarted, empty one: every
+    /// feed checks the epoch before it reads on.
+    subscriptions: AtomicU64,
 }
 
 /// The instance's fan-out hub; cheap to clone.
@@ -99,6 +104,7 @@ impl Hub {
                 keys,
                 lifecycle,
                 feeds: Mutex::new(HashMap::new()),
+                subscriptions: AtomicU64::new(0),
             }),
         }
     }
@@ -115,6 +121,7 @@ impl Hub {
         }
         // Start from the stream's end: older entries are the subscriber's
         // own replay or snapshot.
+        let subscription = self.inner.subscriptions.load(Ordering::Acquire);
         let start = stream_end(&self.inner.redis, &self.inner.keys, room).await?;
         let epoch = current_epoch(&self.inner.redis, &self.inner.keys).await?;
         let mut feeds = self.lock();
@@ -135,6 +142,7 @@ impl Hub {
             Arc::downgrade(&feed),
             start,
             epoch,
+            subscription,
         ));
         Ok((feed, receiver))
     }
@@ -189,7 +197,9 @@ impl Hub {
     async fn listen(&self, client: &redis::Client, channel: &str) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
-        // Whatever was published while we were not subscribed: catch up.
+        // Whatever was published while we were not subscribed: catch up,
+        // in the epoch Redis has now.
+        self.inner.subscriptions.fetch_add(1, Ordering::AcqRel);
         self.wake_all();
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
@@ -209,9 +219,13 @@ async fn run_feed(
     feed: Weak<Feed>,
     mut position: StreamPosition,
     mut epoch: String,
+    mut subscription: u64,
 ) {
     let mut poll = tokio::time::interval(POLL);
     poll.tick().await;
+    // Set when Redis failed us: it may come back empty, under a new epoch,
+    // whose entries must not be read on from an old epoch's position.
+    let mut unsure = false;
     loop {
         let polled = {
             let Some(current) = feed.upgrade() else { break };
@@ -222,19 +236,22 @@ async fn run_feed(
             }
         };
         let Some(current) = feed.upgrade() else { break };
-        if polled {
+        let subscriptions = inner.subscriptions.load(Ordering::Acquire);
+        if polled || unsure || subscriptions != subscription {
             match current_epoch(&inner.redis, &inner.keys).await {
                 Ok(now) if now != epoch => {
                     epoch = now;
                     position = stream_end(&inner.redis, &inner.keys, &room)
                         .await
                         .unwrap_or_default();
+                    (unsure, subscription) = (false, subscriptions);
                     let _ = current.sender.send(Delivery::Resync);
                     continue;
                 }
-                Ok(_) => {}
+                Ok(_) => (unsure, subscription) = (false, subscriptions),
                 Err(err) => {
                     tracing::debug!(error = %err, room, "feed cannot reach Redis");
+                    unsure = true;
                     continue;
                 }
             }
@@ -251,7 +268,10 @@ async fn run_feed(
                     })));
                 }
             }
-            Err(err) => tracing::debug!(error = %err, room, "feed cannot read its stream"),
+            Err(err) => {
+                tracing::debug!(error = %err, room, "feed cannot read its stream");
+                unsure = true;
+            }
         }
     }
     let mut feeds = inner
