@@ -214,7 +214,11 @@ return out
 /// is missing; the relay appends them in order).
 ///
 /// This is what keeps the inline publish and the outbox relay from
-/// duplicating or reordering a room's durable events.
+/// duplicating or reordering a room's durable events. With no sequence
+/// recorded, only a room's first event (1) is known to have nothing before
+/// it: after Redis restarted empty, earlier events may still wait in the
+/// outbox, and appending a later one first would make the relay drop them
+/// as "already there".
 pub static APPEND_DURABLE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -226,7 +230,7 @@ for i = 5, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
   if last and seq <= last then
     table.insert(out, 0)
-  elseif last and seq > last + 1 and ARGV[4] ~= '1' then
+  elseif seq > (last or 0) + 1 and ARGV[4] ~= '1' then
     table.insert(out, -1)
   else
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i + 1], 'data', ARGV[i + 2])

@@ -60,6 +60,23 @@ pub async fn pending(
     .await
 }
 
+/// The room's unpublished rows up to sequence `seq`, in sequence order.
+pub async fn pending_in_room(
+    executor: impl PgExecutor<'_>,
+    room: &str,
+    seq: i64,
+) -> sqlx::Result<Vec<PendingRow>> {
+    sqlx::query_as(
+        "select id, room, seq, event_type, payload, created_at from outbox
+         where room = $1 and seq <= $2 and published_at is null
+         order by seq",
+    )
+    .bind(room)
+    .bind(seq)
+    .fetch_all(executor)
+    .await
+}
+
 /// How many rows wait for publication (a metric).
 pub async fn backlog(executor: impl PgExecutor<'_>) -> sqlx::Result<i64> {
     sqlx::query_scalar("select count(*) from outbox where published_at is null")

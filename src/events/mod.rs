@@ -16,6 +16,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::document::Write;
+use crate::error::Error;
 use crate::state::AppState;
 
 /// The `actor` of changes nobody asked for (lease expiry, reconciliation).
@@ -114,7 +115,7 @@ pub async fn publish(state: &AppState, events: &[Event]) {
     }
 }
 
-async fn publish_one(state: &AppState, event: &Event) -> redis::RedisResult<()> {
+async fn publish_one(state: &AppState, event: &Event) -> Result<(), Error> {
     let keys = &state.redis_keys;
     let history = state.settings.presence.event_history;
     let mut redis = state.redis.clone();
@@ -126,8 +127,11 @@ async fn publish_one(state: &AppState, event: &Event) -> redis::RedisResult<()> 
                 data: event.data.to_string(),
             };
             let results = relay::append_durable(state, &event.room, &[row], false).await?;
-            if results.first().is_some_and(|result| *result >= 0) {
-                state.outbox_marks.mark(id);
+            match results.first() {
+                Some(0..) => state.outbox_marks.mark(id),
+                // Held back: an earlier event is missing; append it first.
+                Some(_) => relay::catch_up(state, &event.room, seq).await?,
+                None => {}
             }
         }
         None => {

@@ -55,6 +55,35 @@ pub async fn append_durable(
     invocation.invoke_async(&mut redis).await
 }
 
+/// Appends the room's unpublished durable events up to `seq` now, in order:
+/// what an inline publish does when the sequence guard held its event back
+/// because an earlier one is not in Redis yet (that one's publish is late,
+/// or Redis restarted empty and forgot what it had). Waiting for the relay
+/// instead would let the caller's ephemeral events that follow (the
+/// `presence.joined` after `session.started`) overtake it.
+///
+/// Forced, like the relay: the room lock orders sequence numbers by commit,
+/// so every row before `seq` is committed and a gap before the oldest
+/// unpublished row can only be rows that no longer exist in Redis.
+pub async fn catch_up(state: &AppState, room: &str, seq: i64) -> Result<(), Error> {
+    let rows = outbox::pending_in_room(&state.db, room, seq).await?;
+    let appendable: Vec<Row<'_>> = rows
+        .iter()
+        .map(|row| Row {
+            seq: row.seq,
+            kind: &row.event_type,
+            data: row.payload.0.to_string(),
+        })
+        .collect();
+    let results = append_durable(state, room, &appendable, true).await?;
+    for (row, result) in rows.iter().zip(results) {
+        if result >= 0 {
+            state.outbox_marks.mark(row.id);
+        }
+    }
+    Ok(())
+}
+
 /// Marks outbox rows published, in batches, off the request path.
 #[derive(Clone)]
 pub struct OutboxMarks {
