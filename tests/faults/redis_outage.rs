@@ -53,10 +53,8 @@ impl View {
                 self.version = self.version.max(data["version"].as_i64().unwrap());
             }
             "session.started" => self.session = Some(id(data, "session_id")),
-            "session.ended" => {
-                if self.session.as_deref() == Some(id(data, "session_id").as_str()) {
-                    self.session = None;
-                }
+            "session.ended" if self.session.as_deref() == data["session_id"].as_str() => {
+                self.session = None;
             }
             "presence.joined" => self.occupants.push(id(data, "connection_id")),
             "presence.left" => {
