@@ -310,11 +310,14 @@ async fn get_room_metadata(
     preconditions: Preconditions,
     State(state): State<AppState>,
 ) -> Result<Response, Error> {
-    let row = find_room(&state, &access.room).await?;
-    if preconditions.not_modified(row.version) {
-        return Ok(not_modified(row.version));
+    let (version, document) = db::find_document(&state.db, access.room.as_str())
+        .await?
+        .ok_or_else(|| room_not_found(&access.room))?;
+    if preconditions.not_modified(version) {
+        return Ok(not_modified(version));
     }
-    Ok(with_etag(row.version, Json(row.metadata.0)))
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    Ok(with_etag(version, (json, document)))
 }
 
 /// Replace the room's metadata, creating the room if it does not exist.
