@@ -91,6 +91,17 @@ fn redis_nodes(settings: &Settings) -> redis::RedisResult<Vec<String>> {
     }))
 }
 
+/// With `TEST_LOG` set (to a filter such as `warn` or `metacast=debug`), the
+/// app's log lines go to the test's captured output, printed when it fails.
+fn init_test_log() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Default settings for tests: the test secret and a Redis prefix of its own.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::from_lookup(|name| match name {
@@ -135,6 +146,7 @@ impl TestApp {
 
     /// An app on the test's own database with the given settings.
     pub async fn with_settings(pool: PgPool, settings: Settings) -> Self {
+        init_test_log();
         let redis = metacast::cache::connect(&settings).expect("redis client");
         let state = metacast::app::build_state(settings, pool, redis).expect("valid state");
         let router = metacast::api::router(state.clone());
