@@ -41,15 +41,18 @@ pub enum Redis {
 /// single lazy [`ConnectionManager`]. A failed attempt is retried by the
 /// next command; once made, the connection follows topology changes itself.
 #[derive(Clone)]
-pub struct LazyCluster {
+pub struct LazyCluster(Arc<ClusterState>);
+
+struct ClusterState {
     client: ClusterClient,
-    connection: Arc<OnceCell<ClusterConnection>>,
+    connection: OnceCell<ClusterConnection>,
 }
 
 impl LazyCluster {
     async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
-        self.connection
-            .get_or_try_init(|| self.client.get_async_connection())
+        self.0
+            .connection
+            .get_or_try_init(|| self.0.client.get_async_connection())
             .await
             .cloned()
     }
@@ -106,10 +109,10 @@ pub fn connect(settings: &Settings) -> anyhow::Result<Redis> {
             .response_timeout(RESPONSE_TIMEOUT)
             .build()
             .context("REDIS_URL: not a valid list of Redis Cluster seed nodes")?;
-        return Ok(Redis::Cluster(LazyCluster {
+        return Ok(Redis::Cluster(LazyCluster(Arc::new(ClusterState {
             client,
-            connection: Arc::new(OnceCell::new()),
-        }));
+            connection: OnceCell::new(),
+        }))));
     }
     let client = redis::Client::open(nodes[0]).context("REDIS_URL is not a valid redis:// URL")?;
     let config = ConnectionManagerConfig::new()
