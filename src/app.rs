@@ -3,12 +3,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use redis::aio::ConnectionManager;
-use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::auth::JwtKeys;
+use crate::cache::Redis;
 use crate::config::Settings;
 use crate::events::hub::Hub;
 use crate::events::relay::OutboxMarks;
@@ -16,11 +15,7 @@ use crate::lifecycle::Lifecycle;
 use crate::state::AppState;
 
 /// Assembles the shared state from already-connected stores.
-pub fn build_state(
-    settings: Settings,
-    db: PgPool,
-    redis: ConnectionManager,
-) -> anyhow::Result<AppState> {
+pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Result<AppState> {
     let keys = JwtKeys::new(&settings.jwt)?;
     let redis_keys = crate::cache::Keys::new(&settings.redis_prefix);
     let lifecycle = Lifecycle::default();
@@ -53,9 +48,8 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
 pub fn spawn_background(state: &AppState) -> anyhow::Result<()> {
     crate::presence::sweeper::spawn(state.clone());
     crate::events::relay::spawn(state.clone());
-    let client = redis::Client::open(state.settings.redis_url.expose_secret())
-        .context("REDIS_URL is not a valid redis:// URL")?;
-    state.hub.spawn_listener(client);
+    let clients = crate::cache::subscription_clients(&state.settings)?;
+    state.hub.spawn_listener(clients);
     Ok(())
 }
 

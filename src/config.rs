@@ -25,7 +25,11 @@ pub enum LogFormat {
 #[derive(Clone)]
 pub struct Settings {
     pub database_url: SecretString,
+    /// One `redis://` URL, or with `redis_cluster` the comma-separated seed
+    /// nodes of a Redis Cluster.
     pub redis_url: SecretString,
+    /// Whether `redis_url` names a Redis Cluster.
+    pub redis_cluster: bool,
     pub listen: SocketAddr,
     pub jwt: JwtSettings,
     /// Prefix of every Redis key and channel this instance uses.
@@ -97,6 +101,7 @@ impl Settings {
                 )
                 .into(),
             redis_url: env.string("REDIS_URL", "redis://127.0.0.1:6379").into(),
+            redis_cluster: env.parse("METACAST_REDIS_CLUSTER", false)?,
             listen: env.parse("METACAST_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             jwt: JwtSettings {
                 secret: env.optional("METACAST_JWT_SECRET").map(SecretString::from),
@@ -259,6 +264,7 @@ mod tests {
         assert_eq!(s.redis_prefix, "metacast:");
         assert_eq!(s.limits, DocumentLimits::default());
         assert_eq!(s.max_body_bytes, 1024 * 1024);
+        assert!(!s.redis_cluster);
     }
 
     #[test]

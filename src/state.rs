@@ -4,11 +4,10 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::auth::JwtKeys;
-use crate::cache::Keys;
+use crate::cache::{Keys, Redis};
 use crate::config::Settings;
 use crate::events::hub::Hub;
 use crate::events::relay::OutboxMarks;
@@ -17,7 +16,7 @@ use crate::lifecycle::Lifecycle;
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     /// Names of this instance's Redis keys (under the configured prefix).
     pub redis_keys: Keys,
     pub settings: Arc<Settings>,

@@ -207,6 +207,20 @@ return out
     )
 });
 
+/// KEYS: a topic's events. ARGV: history length, type, data, events
+/// channel, topic. Appends an ephemeral event and wakes the instances; one
+/// script, since on a Redis Cluster the channel name hashes to another slot
+/// than the stream, and a pipeline cannot span slots.
+pub static APPEND_EPHEMERAL: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[2], 'data', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"#,
+    )
+});
+
 /// KEYS: room events, the room's published-sequence key. ARGV: history
 /// length, events channel, room id, force (1: accept a gap), then
 /// (sequence, type, data) for each durable event in sequence order.

@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::sync::{Notify, broadcast};
 
 use super::frame;
 use super::ids::{EventId, StreamPosition, current_epoch};
-use crate::cache::Keys;
+use crate::cache::{Keys, Redis};
 use crate::lifecycle::Lifecycle;
 
 /// Entries one feed buffers for its subscribers; a subscriber that falls
@@ -80,7 +79,7 @@ pub struct Feed {
 }
 
 struct Inner {
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     lifecycle: Lifecycle,
     feeds: Mutex<HashMap<String, Weak<Feed>>>,
@@ -97,7 +96,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(redis: ConnectionManager, keys: Keys, lifecycle: Lifecycle) -> Self {
+    pub fn new(redis: Redis, keys: Keys, lifecycle: Lifecycle) -> Self {
         Self {
             inner: Arc::new(Inner {
                 redis,
@@ -175,15 +174,17 @@ impl Hub {
 
     /// Listens for wake-ups on the events channel until the instance stops,
     /// re-subscribing (and waking every feed to catch up) after any failure.
-    pub fn spawn_listener(&self, client: redis::Client) {
+    /// `clients` are tried in turn: one server, or a cluster's seed nodes,
+    /// any of which hears every PUBLISH of the cluster.
+    pub fn spawn_listener(&self, clients: Vec<redis::Client>) {
         let hub = self.clone();
         tokio::spawn(async move {
             let channel = hub.inner.keys.events_channel();
             let stopped = hub.inner.lifecycle.clone();
-            loop {
+            for client in clients.iter().cycle() {
                 tokio::select! {
                     () = stopped.stopped() => return,
-                    result = hub.listen(&client, &channel) => {
+                    result = hub.listen(client, &channel) => {
                         if let Err(err) = result {
                             tracing::warn!(error = %err, "event wake-up subscription lost; re-subscribing");
                         }
@@ -288,7 +289,7 @@ async fn run_feed(
 
 /// The id of the room stream's newest entry (`0-0` when empty).
 pub async fn stream_end(
-    redis: &ConnectionManager,
+    redis: &Redis,
     keys: &Keys,
     room: &str,
 ) -> redis::RedisResult<StreamPosition> {
@@ -310,7 +311,7 @@ pub async fn stream_end(
 
 /// Every entry of the room's stream after `position`, oldest first.
 pub async fn read_after(
-    redis: &ConnectionManager,
+    redis: &Redis,
     keys: &Keys,
     room: &str,
     mut position: StreamPosition,
@@ -348,7 +349,7 @@ pub async fn read_after(
 /// once trimming has removed anything (a client positioned before it may
 /// have missed events), else `0-0`.
 pub async fn resumable_from(
-    redis: &ConnectionManager,
+    redis: &Redis,
     keys: &Keys,
     room: &str,
 ) -> redis::RedisResult<StreamPosition> {

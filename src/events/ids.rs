@@ -5,9 +5,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use redis::aio::ConnectionManager;
-
-use crate::cache::Keys;
+use crate::cache::{Keys, Redis};
 
 /// A position in a room's event history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +67,7 @@ impl fmt::Display for EventId {
 }
 
 /// The current epoch, created by whoever asks first after Redis (re)starts.
-pub async fn current_epoch(redis: &ConnectionManager, keys: &Keys) -> redis::RedisResult<String> {
+pub async fn current_epoch(redis: &Redis, keys: &Keys) -> redis::RedisResult<String> {
     let mut conn = redis.clone();
     let fresh = uuid::Uuid::new_v4().simple().to_string();
     let (_, epoch): ((), String) = redis::pipe()

@@ -15,6 +15,7 @@ pub mod subscriber;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
+use crate::cache::scripts;
 use crate::document::Write;
 use crate::error::Error;
 use crate::state::AppState;
@@ -135,21 +136,14 @@ async fn publish_one(state: &AppState, event: &Event) -> Result<(), Error> {
             }
         }
         None => {
-            redis::pipe()
-                .cmd("XADD")
-                .arg(keys.topic_events(&event.room))
-                .arg("MAXLEN")
-                .arg("~")
+            scripts::APPEND_EPHEMERAL
+                .key(keys.topic_events(&event.room))
                 .arg(history)
-                .arg("*")
-                .arg("type")
                 .arg(event.kind)
-                .arg("data")
                 .arg(event.data.to_string())
-                .ignore()
-                .publish(keys.events_channel(), &event.room)
-                .ignore()
-                .query_async::<()>(&mut redis)
+                .arg(keys.events_channel())
+                .arg(&event.room)
+                .invoke_async::<()>(&mut redis)
                 .await?;
         }
     }

@@ -111,13 +111,24 @@ pub async fn create(
             return Err(err.into());
         }
     };
-    redis::pipe()
-        .zadd(keys.deadlines(), &id, expires_at)
-        .ignore()
-        .zadd(keys.all_connections(), &id, 0)
-        .ignore()
-        .query_async::<()>(&mut redis)
-        .await?;
+    // Two global keys, so two commands (one pipeline could not span their
+    // Redis Cluster slots); sent together, they still cost one round trip.
+    let zadd = |index: String, score: i64| {
+        let mut redis = redis.clone();
+        let id = id.clone();
+        async move {
+            redis::cmd("ZADD")
+                .arg(index)
+                .arg(score)
+                .arg(id)
+                .query_async::<()>(&mut redis)
+                .await
+        }
+    };
+    tokio::try_join!(
+        zadd(keys.deadlines(), expires_at),
+        zadd(keys.all_connections(), 0)
+    )?;
     Ok(Connection {
         id,
         owner: owner.to_owned(),
@@ -279,24 +290,29 @@ pub async fn end(
     for room in reply {
         occupancy::leave(state, &room, id, &owner, &metadata, reason, actor).await?;
     }
-    let mut cleanup = redis::pipe();
-    cleanup
-        .del(keys.connection(id))
-        .ignore()
-        .del(keys.connection_rooms(id))
-        .ignore()
-        .del(keys.connection_events(id))
-        .ignore()
-        .del(keys.connection_streams(id))
-        .ignore()
-        .zrem(keys.deadlines(), id)
-        .ignore()
-        .zrem(keys.all_connections(), id)
-        .ignore();
+    // The connection's own keys share a slot; each index is a key of its
+    // own (and slot, on a Redis Cluster): one command each, sent together.
+    let mut indexes = vec![keys.deadlines(), keys.all_connections()];
     if !owner.is_empty() {
-        cleanup.zrem(keys.subject_connections(&owner), id).ignore();
+        indexes.push(keys.subject_connections(&owner));
     }
-    cleanup.query_async::<()>(&mut redis).await?;
+    let mut own = redis::cmd("DEL");
+    own.arg(keys.connection(id))
+        .arg(keys.connection_rooms(id))
+        .arg(keys.connection_events(id))
+        .arg(keys.connection_streams(id));
+    let own = own.query_async::<()>(&mut redis);
+    let unlisted = futures_util::future::try_join_all(indexes.into_iter().map(|index| {
+        let mut redis = state.redis.clone();
+        async move {
+            redis::cmd("ZREM")
+                .arg(index)
+                .arg(id)
+                .query_async::<()>(&mut redis)
+                .await
+        }
+    }));
+    tokio::try_join!(own, unlisted)?;
     Ok(true)
 }
 

@@ -21,32 +21,91 @@ pub struct TestApp {
     router: Router,
 }
 
-/// Deletes the test's Redis keys (its own prefix), so tests leave nothing behind.
+/// Deletes the test's Redis keys (its own prefix), so tests leave nothing
+/// behind: on every master of a Redis Cluster, one key per DEL (keys of
+/// different slots cannot share a command there).
 impl Drop for TestApp {
     fn drop(&mut self) {
         let settings = &self.state.settings;
-        let url = secrecy::ExposeSecret::expose_secret(&settings.redis_url).to_owned();
         let pattern = format!("{}*", settings.redis_prefix);
         // Best effort: a test against an unreachable Redis has nothing to clean.
-        let Ok(mut conn) = redis::Client::open(url)
-            .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(500)))
-        else {
+        let Ok(nodes) = redis_nodes(settings) else {
             return;
         };
-        let keys: Vec<String> = match redis::Commands::scan_match(&mut conn, &pattern) {
-            Ok(iter) => iter.filter_map(Result::ok).collect(),
-            Err(_) => return,
-        };
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        for url in nodes {
+            let Ok(mut conn) = redis::Client::open(url)
+                .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(500)))
+            else {
+                continue;
+            };
+            let keys: Vec<String> = match redis::Commands::scan_match(&mut conn, &pattern) {
+                Ok(iter) => iter.filter_map(Result::ok).collect(),
+                Err(_) => continue,
+            };
+            if keys.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.del(key).ignore();
+            }
+            let _: redis::RedisResult<()> = pipe.query(&mut conn);
         }
+    }
+}
+
+/// The URLs of the Redis servers holding the app's keys: the server, or
+/// every master of the cluster (asked of the first seed node that answers).
+fn redis_nodes(settings: &Settings) -> redis::RedisResult<Vec<String>> {
+    let urls = secrecy::ExposeSecret::expose_secret(&settings.redis_url);
+    if !settings.redis_cluster {
+        return Ok(vec![urls.to_owned()]);
+    }
+    let mut last_error = None;
+    for seed in urls.split(',').map(str::trim) {
+        let nodes = redis::Client::open(seed)
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(500)))
+            .and_then(|mut conn| {
+                redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query::<String>(&mut conn)
+            });
+        match nodes {
+            // `<id> <ip:port@cport[,hostname]> <flags> …`, one line per node.
+            Ok(nodes) => {
+                return Ok(nodes
+                    .lines()
+                    .filter_map(|line| {
+                        let fields: Vec<&str> = line.split(' ').collect();
+                        let address = fields.get(1)?.split(['@', ',']).next()?;
+                        let master = fields.get(2)?.split(',').any(|flag| flag == "master");
+                        master.then(|| format!("redis://{address}"))
+                    })
+                    .collect());
+            }
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        redis::RedisError::from(std::io::Error::other("REDIS_URL lists no node"))
+    }))
+}
+
+/// With `TEST_LOG` set (to a filter such as `warn` or `metacast=debug`), the
+/// app's log lines go to the test's captured output, printed when it fails.
+fn init_test_log() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
     }
 }
 
 /// Default settings for tests: the test secret and a Redis prefix of its own.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::from_lookup(|name| match name {
-        "REDIS_URL" => std::env::var("REDIS_URL").ok(),
+        "REDIS_URL" | "METACAST_REDIS_CLUSTER" => std::env::var(name).ok(),
         _ => None,
     })
     .expect("default settings are valid");
@@ -69,11 +128,9 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(
-            &self.state.settings.redis_url,
-        ))
-        .expect("redis client");
-        self.state.hub.spawn_listener(client);
+        let clients =
+            metacast::cache::subscription_clients(&self.state.settings).expect("redis clients");
+        self.state.hub.spawn_listener(clients);
         let lifecycle = self.state.lifecycle.clone();
         let router = self.router.clone();
         tokio::spawn(async move {
@@ -89,6 +146,7 @@ impl TestApp {
 
     /// An app on the test's own database with the given settings.
     pub async fn with_settings(pool: PgPool, settings: Settings) -> Self {
+        init_test_log();
         let redis = metacast::cache::connect(&settings).expect("redis client");
         let state = metacast::app::build_state(settings, pool, redis).expect("valid state");
         let router = metacast::api::router(state.clone());
