@@ -51,6 +51,32 @@ return {now, expires}
     )
 });
 
+/// KEYS: connection, its open-stream count. → the streams now open, or 0
+/// when the connection is gone (no count is left behind for it).
+pub static STREAM_OPENED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('INCR', KEYS[2])
+"#,
+    )
+});
+
+/// KEYS: a connection's open-stream count. → the streams still open, or -1
+/// when the count is gone because the connection ended. The count is deleted
+/// at zero: a plain DECR would re-create it (at -1, forever) for a
+/// connection that ended while its stream was open.
+pub static STREAM_CLOSED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local open = redis.call('DECR', KEYS[1])
+if open <= 0 then redis.call('DEL', KEYS[1]) end
+return open
+"#,
+    )
+});
+
 /// KEYS: connection. → the new deadline, or nil when it is gone or expired:
 /// a late heartbeat never resurrects a swept connection.
 pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {

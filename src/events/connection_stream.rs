@@ -27,7 +27,7 @@ use super::frame;
 use super::hub::{Delivery, Feed, StoredEvent, read_after, resumable_from, stream_end};
 use super::ids::{StreamPosition, current_epoch};
 use super::subscriber::snapshot;
-use crate::cache::Keys;
+use crate::cache::{Keys, scripts};
 use crate::error::Error;
 use crate::presence::{Connection, connections};
 use crate::state::AppState;
@@ -72,10 +72,14 @@ pub async fn open(
     };
     let first = stream.start(cursor).await?;
     let mut redis = state.redis.clone();
-    redis::cmd("INCR")
-        .arg(state.redis_keys.connection_streams(&conn.id))
-        .query_async::<()>(&mut redis)
+    let open: i64 = scripts::STREAM_OPENED
+        .key(state.redis_keys.connection(&conn.id))
+        .key(state.redis_keys.connection_streams(&conn.id))
+        .invoke_async(&mut redis)
         .await?;
+    if open == 0 {
+        return Err(connections::not_found(&conn.id));
+    }
     let ttl = conn.expires_at - conn.created_at;
     let refresh =
         (ttl.to_std().unwrap_or(Duration::from_secs(30)) / 3).max(Duration::from_millis(200));
@@ -94,8 +98,13 @@ pub async fn open(
 async fn closed(state: &AppState, id: &str) {
     let key = state.redis_keys.connection_streams(id);
     let mut redis = state.redis.clone();
-    let open: redis::RedisResult<i64> = redis::cmd("DECR").arg(&key).query_async(&mut redis).await;
-    if !matches!(open, Ok(n) if n <= 0) {
+    let open: redis::RedisResult<i64> = scripts::STREAM_CLOSED
+        .key(&key)
+        .invoke_async(&mut redis)
+        .await;
+    // Others still open (n > 0), the connection already ended (-1), or
+    // Redis unreachable: then the lease decides.
+    if !matches!(open, Ok(0)) {
         return;
     }
     let grace = state.settings.presence.stream_grace;

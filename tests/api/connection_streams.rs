@@ -189,6 +189,39 @@ async fn an_open_stream_keeps_the_lease_and_closing_it_leaves_after_the_grace(po
 }
 
 #[sqlx::test]
+async fn a_connection_deleted_under_its_open_stream_leaves_no_key_behind(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let admin = app.admin();
+    let id = connect_with_ttl(&app, &admin, 30).await;
+    let mut stream = open(&base, &id, &admin, None).await;
+    stream.expect("sync").await;
+
+    let deleted = app
+        .delete(&format!("/v1/connections/{id}"))
+        .bearer(&admin)
+        .send()
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    drop(stream);
+
+    // The closing stream's bookkeeping runs as soon as the server sees the
+    // client go; a count re-created for the deleted connection would stay
+    // in Redis forever (it has no TTL).
+    let key = app.state.redis_keys.connection_streams(&id);
+    let mut redis = app.state.redis.clone();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(!exists, "{key} was re-created after the connection ended");
+    }
+}
+
+#[sqlx::test]
 async fn only_the_owner_may_open_it(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let base = app.listen().await;
