@@ -52,7 +52,8 @@ pub struct Manage;
 /// `moderate` on a room it is in.
 pub struct WriteMetadata;
 
-fn is_owner(user: &AuthUser, conn: &Connection) -> bool {
+/// Whether `user` owns `conn` (an admin counts as every connection's owner).
+pub fn owns(user: &AuthUser, conn: &Connection) -> bool {
     user.permissions.admin || user.subject == conn.owner
 }
 
@@ -65,14 +66,14 @@ fn in_room_with(user: &AuthUser, conn: &Connection, action: Action) -> bool {
 
 impl ConnectionRule for View {
     fn allows(user: &AuthUser, conn: &Connection) -> bool {
-        is_owner(user, conn) || in_room_with(user, conn, Action::Read)
+        owns(user, conn) || in_room_with(user, conn, Action::Read)
     }
     const DENIED: &'static str = "not visible";
 }
 
 impl ConnectionRule for Manage {
     fn allows(user: &AuthUser, conn: &Connection) -> bool {
-        is_owner(user, conn)
+        owns(user, conn)
     }
     const DENIED: &'static str = "only the connection's owner may do this";
 }
@@ -104,18 +105,39 @@ impl<R: ConnectionRule> FromRequestParts<AppState> for ConnectionAccess<R> {
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         let id = connection_id(parts, state).await?;
-        let connection = connections::load(state, &id)
-            .await?
-            .filter(|conn| View::allows(&user, conn) || R::allows(&user, conn))
-            .ok_or_else(|| connections::not_found(&id))?;
-        if !R::allows(&user, &connection) {
-            return Err(Error::forbidden(R::DENIED));
-        }
+        let connection = authorize(
+            &user,
+            &id,
+            connections::load(state, &id).await?,
+            |conn| R::allows(&user, conn),
+            R::DENIED,
+        )?;
         Ok(Self {
             user,
             connection,
             rule: PhantomData,
         })
+    }
+}
+
+/// Decides a request on connection `id` (`loaded`, if it exists) that
+/// `allowed` permits: a connection the caller can neither see nor act on is
+/// a 404, so its existence stays hidden (SPEC §6); one it sees but may not
+/// act on is a 403 with `denied`.
+pub fn authorize(
+    user: &AuthUser,
+    id: &str,
+    loaded: Option<Connection>,
+    allowed: impl Fn(&Connection) -> bool,
+    denied: &str,
+) -> Result<Connection, Error> {
+    let connection = loaded
+        .filter(|conn| View::allows(user, conn) || allowed(conn))
+        .ok_or_else(|| connections::not_found(id))?;
+    if allowed(&connection) {
+        Ok(connection)
+    } else {
+        Err(Error::forbidden(denied))
     }
 }
 

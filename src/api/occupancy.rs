@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::connections::ConnectionPath;
+use super::connections::{ConnectionPath, authorize, owns};
 use super::pagination::{Page, PageParams, decode_cursor, encode_cursor, page_limit};
 use super::rooms::find_room;
 use crate::auth::{Action, AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
@@ -74,10 +74,13 @@ async fn join_room(
     State(state): State<AppState>,
 ) -> Result<Response, Error> {
     let user = &access.user;
-    let conn = connections::load(&state, &id)
-        .await?
-        .filter(|conn| user.permissions.admin || conn.owner == user.subject)
-        .ok_or_else(|| connections::not_found(&id))?;
+    let conn = authorize(
+        user,
+        &id,
+        connections::load(&state, &id).await?,
+        |conn| owns(user, conn),
+        "only the connection's owner may join it to a room",
+    )?;
     let joined = occupancy::join(&state, &access.room, &conn, &user.subject).await?;
     let status = if joined.newly {
         StatusCode::CREATED
@@ -119,16 +122,18 @@ async fn leave_room(
     ConnectionPath(id): ConnectionPath,
     State(state): State<AppState>,
 ) -> Result<StatusCode, Error> {
-    let conn = connections::load(&state, &id)
-        .await?
-        .ok_or_else(|| connections::not_found(&id))?;
-    let owns = user.permissions.admin || conn.owner == user.subject;
-    if !owns && !user.permissions.allows(&room, Action::Moderate) {
-        return Err(Error::forbidden(format!(
-            "only the connection's owner, or moderate on room {room}, may remove it"
-        )));
-    }
-    let reason = if owns { "left" } else { "evicted" };
+    let conn = authorize(
+        &user,
+        &id,
+        connections::load(&state, &id).await?,
+        |conn| owns(&user, conn) || user.permissions.allows(&room, Action::Moderate),
+        &format!("only the connection's owner, or moderate on room {room}, may remove it"),
+    )?;
+    let reason = if owns(&user, &conn) {
+        "left"
+    } else {
+        "evicted"
+    };
     let left = occupancy::leave(
         &state,
         room.as_str(),

@@ -8,6 +8,7 @@
 )]
 
 mod auth;
+mod bodies;
 mod concurrency;
 mod connection_streams;
 mod connections;
@@ -16,6 +17,7 @@ mod helpers;
 mod openapi;
 mod ops;
 mod outbox;
+mod permissions;
 mod presence;
 mod rooms;
 mod sse;
