@@ -20,5 +20,6 @@ mod outbox;
 mod permissions;
 mod presence;
 mod rooms;
+mod slow_bodies;
 mod sse;
 mod streams;
