@@ -53,12 +53,14 @@ pub struct Membership {
 #[utoipa::path(
     put, path = "/v1/rooms/{room}/connections/{id}", tag = "presence", operation_id = "presence.join",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("id" = String, Path, description = "Connection id"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Joined", body = Membership),
+        (status = 201, description = "Joined", body = Membership,
+         links(("session" = (operation_id = "sessions.get", parameters(("id" = "$response.body#/session_id")))),
+               ("occupants" = (operation_id = "presence.list", parameters(("room" = "$request.path.room")))))),
         (status = 200, description = "Already in the room", body = Membership),
         (status = 400, description = "Invalid room or connection id", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
@@ -103,8 +105,8 @@ async fn join_room(
 #[utoipa::path(
     delete, path = "/v1/rooms/{room}/connections/{id}", tag = "presence", operation_id = "presence.leave",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("id" = String, Path, description = "Connection id"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
     ),
     security(("bearer" = [])),
     responses(
@@ -168,7 +170,7 @@ pub struct OccupantOut {
 /// The room's occupants with their metadata, in connection-id order.
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/connections", tag = "presence", operation_id = "presence.list",
-    params(("room" = String, Path, description = "Room id"), PageParams),
+    params(("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"), PageParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of occupants", body = Page<OccupantOut>),
@@ -214,7 +216,7 @@ async fn list_occupants(
 /// `evicted`) and the session ends; the metadata stays.
 #[utoipa::path(
     post, path = "/v1/rooms/{room}/clear", tag = "presence", operation_id = "presence.clear",
-    params(("room" = String, Path, description = "Room id")),
+    params(("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Cleared"),

@@ -162,7 +162,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/events", tag = "events", operation_id = "events.room",
     params(
-        ("room" = String, Path, description = "Room id"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
         StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
     ),
@@ -251,7 +251,7 @@ fn sse(
 #[utoipa::path(
     get, path = "/v1/connections/{id}/events", tag = "events", operation_id = "events.connection",
     params(
-        ("id" = String, Path, description = "Connection id"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
         StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
     ),

@@ -339,6 +339,18 @@ fn bad_bodies() -> Vec<BadBody> {
             "*",
         ),
         bad(
+            "the envelope as an array",
+            |k| (k == Kind::NewConnection).then(|| b"[null,null]".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+        ),
+        bad(
+            "the envelope as a string",
+            |k| (k == Kind::NewConnection).then(|| br#""metadata""#.to_vec()),
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+        ),
+        bad(
             "a string, not a patch",
             |k| (k == Kind::JsonPatch).then(|| br#""remove""#.to_vec()),
             StatusCode::BAD_REQUEST,
