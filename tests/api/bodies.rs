@@ -516,3 +516,51 @@ async fn bad_bodies_are_refused_and_change_nothing(pool: PgPool) {
         );
     }
 }
+
+/// Numbers at the edges of f64 and of 64-bit integers come back as stored.
+/// Postgres prints a jsonb number in full (1.79e308 as 309 digits), and
+/// serde_json's default float parser, which is not correctly rounded,
+/// overflowed on some of them when reading the document back: a 500.
+#[sqlx::test]
+async fn extreme_numbers_survive_a_round_trip(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    let doc = json!({
+        "max": f64::MAX,
+        "nearly_min": -1.7976931348623155e308,
+        "min_positive": f64::MIN_POSITIVE,
+        "subnormal": 5e-324,
+        "small": 2.9132314839098117e-261,
+        "u64": u64::MAX,
+        "i64": i64::MIN,
+        "nested": [[-1.7976931348623155e308], { "x": 1.0e300 }],
+    });
+    let connection = app.connect(&admin).await;
+    assert_eq!(
+        app.join(&admin, "lobby", &connection).await.status,
+        StatusCode::CREATED
+    );
+    for uri in [
+        "/v1/rooms/lobby/metadata".to_owned(),
+        "/v1/rooms/lobby/session/metadata".to_owned(),
+        format!("/v1/connections/{connection}/metadata"),
+    ] {
+        let put = app.put(&uri).bearer(&admin).json(&doc).send().await;
+        assert_eq!(put.status, StatusCode::OK, "PUT {uri}: {put:?}");
+        assert_eq!(put.json(), doc, "PUT {uri}");
+        let patched = app
+            .patch(&uri)
+            .bearer(&admin)
+            .json(&json!({ "more": -1.7976931348623155e308 }))
+            .send()
+            .await;
+        assert_eq!(patched.status, StatusCode::OK, "PATCH {uri}: {patched:?}");
+        let got = app.get(&uri).bearer(&admin).send().await;
+        assert_eq!(got.status, StatusCode::OK, "GET {uri}: {got:?}");
+        let mut expected = doc.clone();
+        expected["more"] = json!(-1.7976931348623155e308);
+        assert_eq!(got.json(), expected, "GET {uri}");
+    }
+    let room = app.get("/v1/rooms/lobby").bearer(&admin).send().await;
+    assert_eq!(room.status, StatusCode::OK, "{room:?}");
+}
