@@ -52,7 +52,8 @@ pub struct Manage;
 /// `moderate` on a room it is in.
 pub struct WriteMetadata;
 
-fn is_owner(user: &AuthUser, conn: &Connection) -> bool {
+/// Whether `user` owns `conn` (an admin counts as every connection's owner).
+pub fn owns(user: &AuthUser, conn: &Connection) -> bool {
     user.permissions.admin || user.subject == conn.owner
 }
 
@@ -65,14 +66,14 @@ fn in_room_with(user: &AuthUser, conn: &Connection, action: Action) -> bool {
 
 impl ConnectionRule for View {
     fn allows(user: &AuthUser, conn: &Connection) -> bool {
-        is_owner(user, conn) || in_room_with(user, conn, Action::Read)
+        owns(user, conn) || in_room_with(user, conn, Action::Read)
     }
     const DENIED: &'static str = "not visible";
 }
 
 impl ConnectionRule for Manage {
     fn allows(user: &AuthUser, conn: &Connection) -> bool {
-        is_owner(user, conn)
+        owns(user, conn)
     }
     const DENIED: &'static str = "only the connection's owner may do this";
 }
@@ -104,18 +105,39 @@ impl<R: ConnectionRule> FromRequestParts<AppState> for ConnectionAccess<R> {
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         let id = connection_id(parts, state).await?;
-        let connection = connections::load(state, &id)
-            .await?
-            .filter(|conn| View::allows(&user, conn) || R::allows(&user, conn))
-            .ok_or_else(|| connections::not_found(&id))?;
-        if !R::allows(&user, &connection) {
-            return Err(Error::forbidden(R::DENIED));
-        }
+        let connection = authorize(
+            &user,
+            &id,
+            connections::load(state, &id).await?,
+            |conn| R::allows(&user, conn),
+            R::DENIED,
+        )?;
         Ok(Self {
             user,
             connection,
             rule: PhantomData,
         })
+    }
+}
+
+/// Decides a request on connection `id` (`loaded`, if it exists) that
+/// `allowed` permits: a connection the caller can neither see nor act on is
+/// a 404, so its existence stays hidden (SPEC §6); one it sees but may not
+/// act on is a 403 with `denied`.
+pub fn authorize(
+    user: &AuthUser,
+    id: &str,
+    loaded: Option<Connection>,
+    allowed: impl Fn(&Connection) -> bool,
+    denied: &str,
+) -> Result<Connection, Error> {
+    let connection = loaded
+        .filter(|conn| View::allows(user, conn) || allowed(conn))
+        .ok_or_else(|| connections::not_found(id))?;
+    if allowed(&connection) {
+        Ok(connection)
+    } else {
+        Err(Error::forbidden(denied))
     }
 }
 
@@ -198,13 +220,16 @@ pub struct ConnectionIn {
 /// its event stream is open); when it ends it leaves every room.
 #[utoipa::path(
     post, path = "/v1/connections", tag = "connections", operation_id = "connections.create",
-    request_body(content = ConnectionIn, content_type = "application/json",
+    request_body(content = Option<ConnectionIn>, content_type = "application/json", description = "Optional: an empty body creates a connection with `{}` metadata and the default lease",
                  example = json!({"metadata": {"name": "Alice"}, "ttl_seconds": 60})),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Created", body = ConnectionOut,
          headers(("ETag" = String, description = "The metadata version, quoted"),
-                 ("Location" = String, description = "The connection's URL"))),
+                 ("Location" = String, description = "The connection's URL")),
+         links(("connection" = (operation_id = "connections.get", parameters(("id" = "$response.body#/id")))),
+               ("metadata" = (operation_id = "connections.metadata.patch", parameters(("id" = "$response.body#/id")))),
+               ("heartbeat" = (operation_id = "connections.heartbeat", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Invalid body, TTL or metadata", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 413, description = "Body or metadata too large", body = ProblemDetails, content_type = "application/problem+json"),
@@ -222,7 +247,15 @@ async fn create_connection(
     let input: ConnectionIn = if body.is_empty() {
         ConnectionIn::default()
     } else {
-        serde_json::from_value(json_body(content_type(&headers), &body)?).map_err(|err| {
+        let value = json_body(content_type(&headers), &body)?;
+        // serde would also fill the struct from an array (`[null, null]`).
+        if !value.is_object() {
+            return Err(Error::bad_request(
+                "invalid-body",
+                "the body must be a JSON object",
+            ));
+        }
+        serde_json::from_value(value).map_err(|err| {
             Error::bad_request("invalid-body", format!("invalid connection: {err}"))
         })?
     };
@@ -260,6 +293,7 @@ pub struct ListConnectionsParams {
     /// Only connections in this room.
     room: Option<String>,
     /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -339,7 +373,7 @@ async fn list_connections(
 /// Get a connection (the owner, an admin, or `read` on a room it is in).
 #[utoipa::path(
     get, path = "/v1/connections/{id}", tag = "connections", operation_id = "connections.get",
-    params(("id" = String, Path, description = "Connection id")),
+    params(("id" = String, Path, description = "Connection id", format = Uuid)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The connection", body = ConnectionOut,
@@ -359,7 +393,7 @@ async fn get_connection(access: ConnectionAccess<View>) -> Response {
 /// `disconnected`) and its metadata is gone.
 #[utoipa::path(
     delete, path = "/v1/connections/{id}", tag = "connections", operation_id = "connections.delete",
-    params(("id" = String, Path, description = "Connection id")),
+    params(("id" = String, Path, description = "Connection id", format = Uuid)),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Disconnected"),
@@ -385,7 +419,7 @@ async fn delete_connection(
 /// Renew the lease for another `ttl_seconds`.
 #[utoipa::path(
     post, path = "/v1/connections/{id}/heartbeat", tag = "connections", operation_id = "connections.heartbeat",
-    params(("id" = String, Path, description = "Connection id")),
+    params(("id" = String, Path, description = "Connection id", format = Uuid)),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Lease renewed"),
@@ -411,8 +445,8 @@ async fn heartbeat(
 #[utoipa::path(
     get, path = "/v1/connections/{id}/metadata", tag = "connections", operation_id = "connections.metadata.get",
     params(
-        ("id" = String, Path, description = "Connection id"),
-        ("If-None-Match" = Option<String>, Header, description = "Answer 304 if this version is current"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
+        ("If-None-Match" = Option<String>, Header, description = "Answer 304 if this version is current", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     security(("bearer" = [])),
     responses(
@@ -440,8 +474,8 @@ async fn get_connection_metadata(
 #[utoipa::path(
     put, path = "/v1/connections/{id}/metadata", tag = "connections", operation_id = "connections.metadata.put",
     params(
-        ("id" = String, Path, description = "Connection id"),
-        ("If-Match" = Option<String>, Header, description = "Write only at this version"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
+        ("If-Match" = Option<String>, Header, description = "Write only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     request_body(content = Object, content_type = "application/json", example = json!({"muted": true})),
     security(("bearer" = [])),
@@ -474,9 +508,9 @@ async fn put_connection_metadata(
 #[utoipa::path(
     patch, path = "/v1/connections/{id}/metadata", tag = "connections", operation_id = "connections.metadata.patch",
     params(
-        ("id" = String, Path, description = "Connection id"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
         StrategyParams,
-        ("If-Match" = Option<String>, Header, description = "Write only at this version"),
+        ("If-Match" = Option<String>, Header, description = "Write only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     request_body(content(
         (Object = "application/merge-patch+json", example = json!({"muted": null})),

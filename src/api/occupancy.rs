@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::connections::ConnectionPath;
+use super::connections::{ConnectionPath, authorize, owns};
 use super::pagination::{Page, PageParams, decode_cursor, encode_cursor, page_limit};
 use super::rooms::find_room;
 use crate::auth::{Action, AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
@@ -53,12 +53,14 @@ pub struct Membership {
 #[utoipa::path(
     put, path = "/v1/rooms/{room}/connections/{id}", tag = "presence", operation_id = "presence.join",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("id" = String, Path, description = "Connection id"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Joined", body = Membership),
+        (status = 201, description = "Joined", body = Membership,
+         links(("session" = (operation_id = "sessions.get", parameters(("id" = "$response.body#/session_id")))),
+               ("occupants" = (operation_id = "presence.list", parameters(("room" = "$request.path.room")))))),
         (status = 200, description = "Already in the room", body = Membership),
         (status = 400, description = "Invalid room or connection id", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
@@ -74,10 +76,13 @@ async fn join_room(
     State(state): State<AppState>,
 ) -> Result<Response, Error> {
     let user = &access.user;
-    let conn = connections::load(&state, &id)
-        .await?
-        .filter(|conn| user.permissions.admin || conn.owner == user.subject)
-        .ok_or_else(|| connections::not_found(&id))?;
+    let conn = authorize(
+        user,
+        &id,
+        connections::load(&state, &id).await?,
+        |conn| owns(user, conn),
+        "only the connection's owner may join it to a room",
+    )?;
     let joined = occupancy::join(&state, &access.room, &conn, &user.subject).await?;
     let status = if joined.newly {
         StatusCode::CREATED
@@ -100,8 +105,8 @@ async fn join_room(
 #[utoipa::path(
     delete, path = "/v1/rooms/{room}/connections/{id}", tag = "presence", operation_id = "presence.leave",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("id" = String, Path, description = "Connection id"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
     ),
     security(("bearer" = [])),
     responses(
@@ -119,16 +124,18 @@ async fn leave_room(
     ConnectionPath(id): ConnectionPath,
     State(state): State<AppState>,
 ) -> Result<StatusCode, Error> {
-    let conn = connections::load(&state, &id)
-        .await?
-        .ok_or_else(|| connections::not_found(&id))?;
-    let owns = user.permissions.admin || conn.owner == user.subject;
-    if !owns && !user.permissions.allows(&room, Action::Moderate) {
-        return Err(Error::forbidden(format!(
-            "only the connection's owner, or moderate on room {room}, may remove it"
-        )));
-    }
-    let reason = if owns { "left" } else { "evicted" };
+    let conn = authorize(
+        &user,
+        &id,
+        connections::load(&state, &id).await?,
+        |conn| owns(&user, conn) || user.permissions.allows(&room, Action::Moderate),
+        &format!("only the connection's owner, or moderate on room {room}, may remove it"),
+    )?;
+    let reason = if owns(&user, &conn) {
+        "left"
+    } else {
+        "evicted"
+    };
     let left = occupancy::leave(
         &state,
         room.as_str(),
@@ -163,7 +170,7 @@ pub struct OccupantOut {
 /// The room's occupants with their metadata, in connection-id order.
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/connections", tag = "presence", operation_id = "presence.list",
-    params(("room" = String, Path, description = "Room id"), PageParams),
+    params(("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"), PageParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of occupants", body = Page<OccupantOut>),
@@ -209,7 +216,7 @@ async fn list_occupants(
 /// `evicted`) and the session ends; the metadata stays.
 #[utoipa::path(
     post, path = "/v1/rooms/{room}/clear", tag = "presence", operation_id = "presence.clear",
-    params(("room" = String, Path, description = "Room id")),
+    params(("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Cleared"),

@@ -23,6 +23,7 @@ pub struct Page<T: ToSchema> {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

@@ -93,6 +93,7 @@ pub struct ListParams {
     #[param(rename = "where")]
     filter: Option<String>,
     /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -199,7 +200,7 @@ fn where_error(err: sqlx::Error, has_filter: bool) -> Error {
 /// Get a room: metadata, version, timestamps, occupancy, active session.
 #[utoipa::path(
     get, path = "/v1/rooms/{room}", tag = "rooms", operation_id = "rooms.get",
-    params(("room" = String, Path, description = "Room id")),
+    params(("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The room", body = RoomOut,
@@ -231,8 +232,8 @@ async fn get_room(
 #[utoipa::path(
     delete, path = "/v1/rooms/{room}", tag = "rooms", operation_id = "rooms.delete",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("If-Match" = Option<String>, Header, description = "Delete only at this version"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("If-Match" = Option<String>, Header, description = "Delete only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     security(("bearer" = [])),
     responses(
@@ -289,8 +290,8 @@ async fn delete_room(
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/metadata", tag = "rooms", operation_id = "rooms.metadata.get",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("If-None-Match" = Option<String>, Header, description = "Answer 304 if this version is current"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("If-None-Match" = Option<String>, Header, description = "Answer 304 if this version is current", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     security(("bearer" = [])),
     responses(
@@ -324,9 +325,9 @@ async fn get_room_metadata(
 #[utoipa::path(
     put, path = "/v1/rooms/{room}/metadata", tag = "rooms", operation_id = "rooms.metadata.put",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("If-Match" = Option<String>, Header, description = "Write only at this version"),
-        ("If-None-Match" = Option<String>, Header, description = "`*`: create only"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("If-Match" = Option<String>, Header, description = "Write only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: create only", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     request_body(content = Object, content_type = "application/json",
                  example = json!({"topic": "standup", "locked": false})),
@@ -336,7 +337,9 @@ async fn get_room_metadata(
          headers(("ETag" = String, description = "The new version, quoted"))),
         (status = 201, description = "Created the room", body = Object,
          headers(("ETag" = String, description = "The new version, quoted"),
-                 ("Location" = String, description = "The document's URL"))),
+                 ("Location" = String, description = "The document's URL")),
+         links(("room" = (operation_id = "rooms.get", parameters(("room" = "$request.path.room")))),
+               ("patch" = (operation_id = "rooms.metadata.patch", parameters(("room" = "$request.path.room")))))),
         (status = 400, description = "Invalid room id, JSON, shape or nesting", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 403, description = "The token does not allow write_room on this room", body = ProblemDetails, content_type = "application/problem+json"),
@@ -381,6 +384,7 @@ async fn put_room_metadata(
 pub(super) struct StrategyParams {
     /// `merge` (default: top-level keys) or `deepMerge` (recursive);
     /// only with `Content-Type: application/json`.
+    #[param(pattern = "^(merge|deepMerge)$")]
     pub(super) strategy: Option<String>,
 }
 
@@ -396,9 +400,9 @@ pub(super) struct StrategyParams {
 #[utoipa::path(
     patch, path = "/v1/rooms/{room}/metadata", tag = "rooms", operation_id = "rooms.metadata.patch",
     params(
-        ("room" = String, Path, description = "Room id"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
         StrategyParams,
-        ("If-Match" = Option<String>, Header, description = "Write only at this version"),
+        ("If-Match" = Option<String>, Header, description = "Write only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     request_body(content(
         (Object = "application/merge-patch+json", example = json!({"topic": "retro", "draft": null})),
@@ -449,8 +453,8 @@ async fn patch_room_metadata(
 #[utoipa::path(
     delete, path = "/v1/rooms/{room}/metadata", tag = "rooms", operation_id = "rooms.metadata.delete",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("If-Match" = Option<String>, Header, description = "Reset only at this version"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("If-Match" = Option<String>, Header, description = "Reset only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     security(("bearer" = [])),
     responses(

@@ -119,7 +119,7 @@ async fn active(state: &AppState, room: &RoomId) -> Result<SessionRow, Error> {
 /// Get the room's active session.
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/session", tag = "sessions", operation_id = "sessions.active",
-    params(("room" = String, Path, description = "Room id")),
+    params(("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The active session", body = SessionOut,
@@ -145,8 +145,8 @@ async fn get_session(
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/session/metadata", tag = "sessions", operation_id = "sessions.metadata.get",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("If-None-Match" = Option<String>, Header, description = "Answer 304 if this version is current"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("If-None-Match" = Option<String>, Header, description = "Answer 304 if this version is current", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     security(("bearer" = [])),
     responses(
@@ -176,8 +176,8 @@ async fn get_session_metadata(
 #[utoipa::path(
     put, path = "/v1/rooms/{room}/session/metadata", tag = "sessions", operation_id = "sessions.metadata.put",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("If-Match" = Option<String>, Header, description = "Write only at this version"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("If-Match" = Option<String>, Header, description = "Write only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     request_body(content = Object, content_type = "application/json", example = json!({"recording": true})),
     security(("bearer" = [])),
@@ -211,9 +211,9 @@ async fn put_session_metadata(
 #[utoipa::path(
     patch, path = "/v1/rooms/{room}/session/metadata", tag = "sessions", operation_id = "sessions.metadata.patch",
     params(
-        ("room" = String, Path, description = "Room id"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
         StrategyParams,
-        ("If-Match" = Option<String>, Header, description = "Write only at this version"),
+        ("If-Match" = Option<String>, Header, description = "Write only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     request_body(content(
         (Object = "application/merge-patch+json", example = json!({"recording": null})),
@@ -252,8 +252,8 @@ async fn patch_session_metadata(
 #[utoipa::path(
     delete, path = "/v1/rooms/{room}/session/metadata", tag = "sessions", operation_id = "sessions.metadata.delete",
     params(
-        ("room" = String, Path, description = "Room id"),
-        ("If-Match" = Option<String>, Header, description = "Reset only at this version"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
+        ("If-Match" = Option<String>, Header, description = "Reset only at this version", pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#),
     ),
     security(("bearer" = [])),
     responses(
@@ -313,7 +313,7 @@ async fn write_metadata(
 /// The room's sessions, newest first (the active one included).
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/sessions", tag = "sessions", operation_id = "sessions.history",
-    params(("room" = String, Path, description = "Room id"), PageParams),
+    params(("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"), PageParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of sessions", body = Page<SessionRecord>),
@@ -360,7 +360,7 @@ fn history_position(cursor: &str) -> Result<(DateTime<Utc>, Uuid), Error> {
 /// One session by id, active or ended (needs `read` on its room).
 #[utoipa::path(
     get, path = "/v1/sessions/{id}", tag = "sessions", operation_id = "sessions.get",
-    params(("id" = String, Path, description = "Session id")),
+    params(("id" = String, Path, description = "Session id", format = Uuid)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The session", body = SessionRecord),

@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::connections::ConnectionPath;
+use super::connections::{ConnectionPath, authorize, owns};
 use super::rooms::find_room;
 use crate::auth::{Action, AuthUser, RoomPath};
 use crate::error::{Error, ProblemDetails};
@@ -162,7 +162,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/events", tag = "events", operation_id = "events.room",
     params(
-        ("room" = String, Path, description = "Room id"),
+        ("room" = String, Path, description = "Room id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"),
         StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
     ),
@@ -251,7 +251,7 @@ fn sse(
 #[utoipa::path(
     get, path = "/v1/connections/{id}/events", tag = "events", operation_id = "events.connection",
     params(
-        ("id" = String, Path, description = "Connection id"),
+        ("id" = String, Path, description = "Connection id", format = Uuid),
         StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
     ),
@@ -271,10 +271,13 @@ async fn connection_events(
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let conn = connections::load(&state, &id)
-        .await?
-        .filter(|conn| user.permissions.admin || conn.owner == user.subject)
-        .ok_or_else(|| connections::not_found(&id))?;
+    let conn = authorize(
+        &user,
+        &id,
+        connections::load(&state, &id).await?,
+        |conn| owns(&user, conn),
+        "only the connection's owner may open its stream",
+    )?;
     let cursor = last_event_id(&headers, params);
     let frames = connection_stream::open(&state, &conn, cursor).await?;
     Ok(sse(&state, ReceiverStream::new(frames), user.expires_at))

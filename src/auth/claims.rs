@@ -240,6 +240,47 @@ mod tests {
     }
 
     #[test]
+    fn escape_attempts_are_not_patterns() {
+        for raw in [
+            "..*",
+            ".*",
+            "lobby/../*",
+            "lobby%2F*",
+            "lobby%2f..*",
+            "^lobby$",
+            "lobby|admin",
+            "[a-z]*",
+            "lobby\\*",
+            "lobby\0*",
+            "lobby\n",
+            // Cyrillic у and a fullwidth ｌ: look-alikes of lobby.
+            "lobb\u{443}",
+            "\u{ff4c}obby*",
+            "lobby\u{200b}",
+            " lobby",
+            "lobby ",
+        ] {
+            assert_eq!(RoomPattern::parse(raw), None, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn metacharacters_in_patterns_are_literal() {
+        // `.` and `:` are room id characters, not regex or glob syntax.
+        let p = RoomPattern::parse("lobby.*").unwrap();
+        assert!(p.matches(&room("lobby.1")));
+        for other in ["lobby", "lobbyx", "lobby2", "lobby-1"] {
+            assert!(!p.matches(&room(other)), "{other}");
+        }
+        let p = RoomPattern::parse("team:4").unwrap();
+        assert!(p.matches(&room("team:4")));
+        assert!(!p.matches(&room("team:42")));
+        // Room ids are case-sensitive.
+        assert!(!RoomPattern::parse("Lobby").unwrap().matches(&room("lobby")));
+        assert!(!RoomPattern::parse("LOB*").unwrap().matches(&room("lobby")));
+    }
+
+    #[test]
     fn actions_are_per_pattern() {
         let p = permissions(&[("lobby", &["read", "join"]), ("team-*", &["read"])]);
         assert!(p.allows(&room("lobby"), Action::Join));

@@ -246,6 +246,20 @@ async fn rejects_missing_malformed_and_invalid_tokens(pool: PgPool) {
         segment(&admin_claims())
     );
 
+    // The signature's first character changed: same length, wrong MAC (the
+    // last one would only flip base64 padding bits some decoders ignore).
+    let tampered_signature = {
+        let (head, signature) = valid.rsplit_once('.').unwrap();
+        let first = if signature.starts_with('A') { 'B' } else { 'A' };
+        format!("{head}.{first}{}", &signature[1..])
+    };
+
+    let alg_none_capitalised = format!(
+        "{}.{}.",
+        segment(&json!({ "alg": "None", "typ": "JWT" })),
+        segment(&admin_claims())
+    );
+
     let oversized = hs256(&claims_with(json!({ "padding": "x".repeat(9 * 1024) })));
     assert!(oversized.len() > 8 * 1024);
 
@@ -285,6 +299,57 @@ async fn rejects_missing_malformed_and_invalid_tokens(pool: PgPool) {
             bearer(&hs256(&claims_with(json!({ "nbf": now() + 3600 })))),
         ),
         ("oversized (> 8 KiB)", bearer(&oversized)),
+        ("tampered signature", bearer(&tampered_signature)),
+        (
+            "signature stripped",
+            bearer(&format!("{}.", valid.rsplit_once('.').unwrap().0)),
+        ),
+        (
+            "HS512 with our secret",
+            bearer(&sign(
+                Algorithm::HS512,
+                None,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+                &admin_claims(),
+            )),
+        ),
+        ("alg None (capitalised)", bearer(&alg_none_capitalised)),
+        (
+            "expired 10 s ago (beyond the leeway)",
+            bearer(&hs256(&claims_with(json!({ "exp": now() - 10 })))),
+        ),
+        (
+            "nbf in 10 minutes",
+            bearer(&hs256(&claims_with(json!({ "nbf": now() + 600 })))),
+        ),
+        (
+            "exp as a string",
+            bearer(&hs256(&claims_with(
+                json!({ "exp": (now() + 600).to_string() }),
+            ))),
+        ),
+        (
+            "sub as a number",
+            bearer(&hs256(&claims_with(json!({ "sub": 42 })))),
+        ),
+        (
+            "empty sub",
+            bearer(&hs256(&claims_with(json!({ "sub": "" })))),
+        ),
+        (
+            "payload not JSON",
+            bearer(&format!(
+                "{}.{}.{}",
+                valid.split('.').next().unwrap(),
+                URL_SAFE_NO_PAD.encode("not json"),
+                valid.rsplit('.').next().unwrap()
+            )),
+        ),
+        ("four segments", bearer(&format!("{valid}.x"))),
+        (
+            "header too large for the token limit",
+            bearer(&"a".repeat(64 * 1024)),
+        ),
     ];
 
     for (case, authorization) in &cases {
@@ -575,7 +640,47 @@ async fn metacast_claims_of_the_wrong_shape_are_rejected(pool: PgPool) {
             with_metacast(json!({ "admin": false, "superuser": true })),
         ),
         ("metacast not an object", with_metacast(json!("admin"))),
+        ("admin as a number", with_metacast(json!({ "admin": 1 }))),
+        ("admin null", with_metacast(json!({ "admin": null }))),
+        (
+            "actions with a non-string",
+            with_metacast(json!({ "rooms": { "lobby": ["read", 1] } })),
+        ),
+        (
+            "own_metadata as a string",
+            with_metacast(json!({ "own_metadata": "yes" })),
+        ),
     ];
+    assert_all_unauthorized(&app, &cases).await;
+
+    // Patterns crafted to reach beyond a prefix are not patterns at all: the
+    // token is refused rather than half-understood.
+    let escapes = [
+        "..*",
+        ".*",
+        "lobby/../*",
+        "lobby%2F*",
+        "%2E%2E*",
+        "^lobby$",
+        "lobby|admin",
+        "[a-z]*",
+        "lobby\\*",
+        "lobby?",
+        "lobby\u{0}",
+        "lobb\u{443}",
+        "\u{ff4c}obby",
+        "lobby\u{200b}*",
+        " lobby",
+    ];
+    let cases: Vec<(&str, String)> = escapes
+        .iter()
+        .map(|pattern| {
+            (
+                *pattern,
+                with_metacast(json!({ "rooms": { *pattern: ["read"] } })),
+            )
+        })
+        .collect();
     assert_all_unauthorized(&app, &cases).await;
 }
 
@@ -687,6 +792,70 @@ async fn prefix_patterns_cover_only_their_prefix(pool: PgPool) {
     assert_ok(&get("team-1").await, "team-1 under team-*");
     for room in ["team", "teams-1", "xteam-1", "team_1"] {
         assert_forbidden(&get(room).await, &format!("{room} under team-*"));
+    }
+}
+
+#[sqlx::test]
+async fn patterns_grant_no_room_beyond_their_own(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let rooms = [
+        "lobby", "lobby2", "lobbyx", "lobby.1", "lobby-1", "Lobby", "lobb", "xlobby", "team:4",
+        "team:42",
+    ];
+    for room in rooms {
+        app.create_room(room, json!({})).await;
+    }
+    // (pattern, the rooms it covers); every other room of `rooms` is a 403.
+    let cases: [(&str, &[&str]); 6] = [
+        ("lobby", &["lobby"]),
+        (
+            "lobby*",
+            &["lobby", "lobby2", "lobbyx", "lobby.1", "lobby-1"],
+        ),
+        // `.` is a literal character, not a regex wildcard.
+        ("lobby.*", &["lobby.1"]),
+        ("Lobby", &["Lobby"]),
+        ("team:4", &["team:4"]),
+        ("team:4*", &["team:4", "team:42"]),
+    ];
+    for (pattern, covered) in cases {
+        let token = app.token_for("prober", &[(pattern, &["read"])]);
+        for room in rooms {
+            let response = app
+                .get(&format!("/v1/rooms/{room}/metadata"))
+                .bearer(&token)
+                .send()
+                .await;
+            let case = format!("{pattern} on {room}");
+            if covered.contains(&room) {
+                assert_ok(&response, &case);
+            } else {
+                assert_forbidden(&response, &case);
+            }
+        }
+        let mut listed = listed_ids(&app, &token).await;
+        listed.sort();
+        let mut expected: Vec<&str> = covered.to_vec();
+        expected.sort();
+        assert_eq!(listed, expected, "listing with {pattern}");
+    }
+
+    // Paths that dress up a covered room as another one are not room ids.
+    let token = app.token_for("prober", &[("lobby*", &["read"])]);
+    for room in [
+        "lobby%2F..%2Fsecret",
+        "lobby%2F%2E%2E",
+        "%2E%2E",
+        "lobb%D1%83",
+        "lobby%00",
+        "lobby%20",
+        "lobby%E2%80%8B",
+    ] {
+        app.get(&format!("/v1/rooms/{room}/metadata"))
+            .bearer(&token)
+            .send()
+            .await
+            .assert_problem(StatusCode::BAD_REQUEST, "invalid-room-id");
     }
 }
 

@@ -8,6 +8,7 @@
 )]
 
 mod auth;
+mod bodies;
 mod concurrency;
 mod connection_streams;
 mod connections;
@@ -16,7 +17,9 @@ mod helpers;
 mod openapi;
 mod ops;
 mod outbox;
+mod permissions;
 mod presence;
 mod rooms;
+mod slow_bodies;
 mod sse;
 mod streams;
