@@ -24,7 +24,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::SYSTEM_ACTOR;
 use super::frame;
-use super::hub::{Delivery, Feed, StoredEvent, read_after, resumable_from, stream_end};
+use super::hub::{Delivery, Feed, StoredEvent, read_after, retained, stream_end};
 use super::ids::{StreamPosition, current_epoch};
 use super::subscriber::snapshot;
 use crate::cache::{Keys, scripts};
@@ -170,8 +170,7 @@ impl ConnStream {
     async fn resumable(&self, topic: &str, at: StreamPosition) -> Result<bool, Error> {
         let keys = &self.state.redis_keys;
         let end = stream_end(&self.state.redis, keys, topic).await?;
-        let oldest = resumable_from(&self.state.redis, keys, topic).await?;
-        Ok(at <= end && at >= oldest)
+        Ok(at <= end && retained(&self.state.redis, keys, topic).await?.covers(at))
     }
 
     /// Subscribes to everything, then replays what the cursor allows and

@@ -345,14 +345,30 @@ pub async fn read_after(
     }
 }
 
-/// The oldest position a client may resume from: the stream's first entry
-/// once trimming has removed anything (a client positioned before it may
-/// have missed events), else `0-0`.
-pub async fn resumable_from(
-    redis: &Redis,
-    keys: &Keys,
-    room: &str,
-) -> redis::RedisResult<StreamPosition> {
+/// What a stream still holds of its history.
+#[derive(Debug, Clone, Copy)]
+pub struct Retained {
+    /// Its first entry (`0-0` when there is no stream).
+    first: StreamPosition,
+    /// Nothing was ever trimmed from it.
+    whole: bool,
+}
+
+impl Retained {
+    /// Whether a client last positioned at `at` can be caught up from the
+    /// stream: `at` is at or after its first entry, or the client has seen
+    /// nothing (`0-0`) and nothing was trimmed. A position before the first
+    /// entry of an untrimmed stream is one the stream never held: its
+    /// history was lost (on a Redis Cluster, a master that restarted empty
+    /// while the epoch key lived on another one), and a replay would skip
+    /// the lost events without a word.
+    pub fn covers(&self, at: StreamPosition) -> bool {
+        at >= self.first || (self.whole && at == StreamPosition::default())
+    }
+}
+
+/// What the topic's stream still holds, from `XINFO STREAM`.
+pub async fn retained(redis: &Redis, keys: &Keys, room: &str) -> redis::RedisResult<Retained> {
     let mut conn = redis.clone();
     let info: redis::RedisResult<HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("STREAM")
@@ -365,7 +381,10 @@ pub async fn resumable_from(
         Err(err)
             if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
         {
-            return Ok(StreamPosition::default());
+            return Ok(Retained {
+                first: StreamPosition::default(),
+                whole: true,
+            });
         }
         Err(err) => return Err(err),
     };
@@ -373,15 +392,22 @@ pub async fn resumable_from(
         info.get(name)
             .and_then(|value| redis::from_redis_value_ref::<u64>(value).ok())
     };
-    if number("entries-added") <= number("length") {
-        return Ok(StreamPosition::default());
-    }
-    Ok(info
+    let first = info
         .get("recorded-first-entry-id")
         .and_then(|value| redis::from_redis_value_ref::<String>(value).ok())
-        .and_then(|id| StreamPosition::parse(&id))
-        .unwrap_or(StreamPosition {
-            ms: u64::MAX,
-            seq: 0,
-        }))
+        .and_then(|id| StreamPosition::parse(&id));
+    Ok(match first {
+        Some(first) => Retained {
+            first,
+            whole: number("entries-added") <= number("length"),
+        },
+        // Unreadable: resume nothing, so the client gets a `sync`.
+        None => Retained {
+            first: StreamPosition {
+                ms: u64::MAX,
+                seq: 0,
+            },
+            whole: false,
+        },
+    })
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::frame;
-use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, read_after, resumable_from, stream_end};
+use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, read_after, retained, stream_end};
 use super::ids::{EventId, StreamPosition, current_epoch};
 use crate::db;
 use crate::error::Error;
@@ -90,10 +90,10 @@ impl Session {
         if id.position > end {
             return Ok(false);
         }
-        let oldest = resumable_from(&self.state.redis, &self.state.redis_keys, &self.room).await?;
+        let retained = retained(&self.state.redis, &self.state.redis_keys, &self.room).await?;
         let retention = self.state.settings.presence.event_retention.as_millis() as u64;
         let oldest_kept = (Utc::now().timestamp_millis() as u64).saturating_sub(retention);
-        Ok(id.position >= oldest && id.position.ms >= oldest_kept)
+        Ok(retained.covers(id.position) && id.position.ms >= oldest_kept)
     }
 
     /// A `sync` frame with the room's current state, positioned at the

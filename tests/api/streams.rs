@@ -159,6 +159,34 @@ async fn a_trimmed_history_yields_a_sync(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_lost_history_in_the_same_epoch_yields_a_sync(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (base, token, mut stream, _) = lobby_stream(&app).await;
+    patch(&app, "lobby", json!({"n": 1})).await;
+    let seen = stream.expect("room.metadata.updated").await;
+    drop(stream);
+    patch(&app, "lobby", json!({"n": 2})).await;
+    patch(&app, "lobby", json!({"n": 3})).await;
+    // What a Redis Cluster master that restarts empty does to a room: its
+    // slot's keys are gone while the epoch key, on another master, lives on.
+    let mut redis = app.state.redis.clone();
+    let keys = &app.state.redis_keys;
+    redis::cmd("DEL")
+        .arg(keys.room_events("lobby"))
+        .arg(keys.room_published_seq("lobby"))
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    patch(&app, "lobby", json!({"n": 4})).await;
+
+    // The new history starts after the client's position: n = 2 and 3 are
+    // gone, so a replay would skip them without a word.
+    let mut resumed = subscribe(&base, "lobby", &token, &[("last-event-id", &seen.id)]).await;
+    let frame = resumed.expect("sync").await;
+    assert_eq!(frame.data["metadata"]["n"], 4);
+}
+
+#[sqlx::test]
 async fn tickets_open_one_stream_each(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let base = app.listen().await;
