@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::cache::scripts;
-use crate::db::outbox;
+use crate::db::outbox::{self, PendingRow};
 use crate::error::Error;
 use crate::lifecycle::Lifecycle;
 use crate::state::AppState;
@@ -67,15 +67,7 @@ pub async fn append_durable(
 /// unpublished row can only be rows that no longer exist in Redis.
 pub async fn catch_up(state: &AppState, room: &str, seq: i64) -> Result<(), Error> {
     let rows = outbox::pending_in_room(&state.db, room, seq).await?;
-    let appendable: Vec<Row<'_>> = rows
-        .iter()
-        .map(|row| Row {
-            seq: row.seq,
-            kind: &row.event_type,
-            data: row.payload.0.to_string(),
-        })
-        .collect();
-    let results = append_durable(state, room, &appendable, true).await?;
+    let results = append_durable(state, room, &appendable(&rows), true).await?;
     for (row, result) in rows.iter().zip(results) {
         if result >= 0 {
             state.outbox_marks.mark(row.id);
@@ -142,6 +134,17 @@ pub fn spawn(state: AppState) {
     });
 }
 
+/// Outbox rows as the append script takes them.
+fn appendable(rows: &[PendingRow]) -> Vec<Row<'_>> {
+    rows.iter()
+        .map(|row| Row {
+            seq: row.seq,
+            kind: &row.event_type,
+            data: row.payload.0.to_string(),
+        })
+        .collect()
+}
+
 /// Appends every unpublished outbox row old enough to have missed its inline
 /// publish, in each room's sequence order, and marks them published.
 /// Returns how many rows it handled.
@@ -149,17 +152,9 @@ pub async fn relay_once(state: &AppState) -> Result<usize, Error> {
     let rows = outbox::pending(&state.db, RELAY_MIN_AGE.as_millis() as i64, RELAY_BATCH).await?;
     let mut handled = Vec::with_capacity(rows.len());
     for group in rows.chunk_by(|a, b| a.room == b.room) {
-        let appendable: Vec<Row<'_>> = group
-            .iter()
-            .map(|row| Row {
-                seq: row.seq,
-                kind: &row.event_type,
-                data: row.payload.0.to_string(),
-            })
-            .collect();
         // Forced: these rows are the oldest unpublished of their room, so a
         // gap before them can only be rows that no longer exist.
-        append_durable(state, &group[0].room, &appendable, true).await?;
+        append_durable(state, &group[0].room, &appendable(group), true).await?;
         handled.extend(group.iter().map(|row| row.id));
     }
     if !handled.is_empty() {
