@@ -71,8 +71,14 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
             .stop_on_signal(state.settings.shutdown_drain),
     );
     spawn_background(&state)?;
+    // A request head slower than a whole request may take cannot be
+    // answered in time either: one timeout bounds both.
+    let head_timeout = state.settings.request_timeout;
     let app = crate::api::router(state);
     tracing::info!(addr = %listener.local_addr()?, "metacast listening");
-    crate::http::serve(listener, app, async move { lifecycle.stopped().await }).await;
+    crate::http::serve(listener, app, head_timeout, async move {
+        lifecycle.stopped().await;
+    })
+    .await;
     Ok(())
 }

@@ -18,19 +18,24 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// How long a client may take to send a request head (slow-loris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves `router` on `listener` until `stop` resolves, then stops
 /// accepting and waits for open connections to finish (they end their
-/// streams on the same signal).
-pub async fn serve(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
+/// streams on the same signal). A client that takes longer than
+/// `head_timeout` to send a request head (slow-loris) has its connection
+/// closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    head_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(head_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
     loop {

@@ -133,8 +133,12 @@ impl TestApp {
         self.state.hub.spawn_listener(clients);
         let lifecycle = self.state.lifecycle.clone();
         let router = self.router.clone();
+        let head_timeout = self.state.settings.request_timeout;
         tokio::spawn(async move {
-            metacast::http::serve(listener, router, async move { lifecycle.stopped().await }).await;
+            metacast::http::serve(listener, router, head_timeout, async move {
+                lifecycle.stopped().await;
+            })
+            .await;
         });
         format!("http://{addr}")
     }

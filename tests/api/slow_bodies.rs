@@ -1,8 +1,9 @@
-//! Slow-loris bodies over a real socket: a client that sends its request
-//! head and then its body very slowly, or stops mid-body, gets a 408 within
-//! the configured request timeout and its connection closed — the server
-//! does not hold the request open for as long as the client likes. Event
-//! streams, which stay open by design, are not cut by that timeout.
+//! Slow-loris over a real socket: a client that sends its request head and
+//! then its body very slowly, or stops mid-body, gets a 408 within the
+//! configured request timeout and its connection closed, and one that
+//! dribbles its request head has its connection closed — the server does
+//! not hold a request open for as long as the client likes. Event streams,
+//! which stay open by design, are not cut by that timeout.
 
 use std::time::Duration;
 
@@ -130,6 +131,47 @@ async fn slow_or_stalled_bodies_time_out_with_408_and_close(pool: PgPool) {
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.version(), 1);
     assert_eq!(response.json(), json!({ "topic": "before" }));
+}
+
+#[sqlx::test]
+async fn a_dribbled_request_head_gets_its_connection_closed(pool: PgPool) {
+    let (_app, base) = slow_app(pool).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let socket = TcpStream::connect(&addr).await.expect("connect");
+    let (mut reader, mut writer) = socket.into_split();
+    let feeder = tokio::spawn(async move {
+        let start = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ");
+        let _ = writer.write_all(start.as_bytes()).await;
+        // A header that never ends, one byte every 300 ms.
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if writer.write_all(b"a").await.is_err() {
+                break; // The server closed the connection.
+            }
+        }
+    });
+
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, async {
+        let mut buffer = [0u8; 1024];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    feeder.abort();
+    let received = String::from_utf8_lossy(&received);
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after {DEADLINE:?}"
+    );
+    assert!(
+        !received.starts_with("HTTP/1.1 2"),
+        "the request was served: {received:?}"
+    );
 }
 
 #[sqlx::test]

@@ -84,8 +84,12 @@ impl InProcess {
         metacast::app::spawn_background(&state).expect("background work");
         let router = metacast::api::router(state.clone());
         let lifecycle = state.lifecycle.clone();
+        let head_timeout = state.settings.request_timeout;
         tokio::spawn(async move {
-            metacast::http::serve(listener, router, async move { lifecycle.stopped().await }).await;
+            metacast::http::serve(listener, router, head_timeout, async move {
+                lifecycle.stopped().await;
+            })
+            .await;
         });
         let base = format!("http://{}", state.settings.listen);
         let api = Api::new(&base, &admin_token(&env));
