@@ -12,6 +12,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 use crate::helpers::{TestApp, test_settings};
 use crate::sse;
@@ -79,6 +80,14 @@ async fn slow_put(base: &str, token: &str, pace: Pace) -> String {
         drop(writer);
     });
 
+    let received = read_until_closed(&mut reader).await;
+    feeder.abort();
+    received
+}
+
+/// Everything the server sends until it closes the connection; panics if
+/// it is still open after [`DEADLINE`].
+async fn read_until_closed(reader: &mut OwnedReadHalf) -> String {
     let mut received = Vec::new();
     let read = tokio::time::timeout(DEADLINE, async {
         let mut buffer = [0u8; 4096];
@@ -90,13 +99,12 @@ async fn slow_put(base: &str, token: &str, pace: Pace) -> String {
         }
     })
     .await;
-    feeder.abort();
+    let received = String::from_utf8_lossy(&received).into_owned();
     assert!(
         read.is_ok(),
-        "the connection was still open after {DEADLINE:?}; received {:?}",
-        String::from_utf8_lossy(&received)
+        "the connection was still open after {DEADLINE:?}; received {received:?}"
     );
-    String::from_utf8_lossy(&received).into_owned()
+    received
 }
 
 #[sqlx::test]
@@ -151,23 +159,8 @@ async fn a_dribbled_request_head_gets_its_connection_closed(pool: PgPool) {
         }
     });
 
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(DEADLINE, async {
-        let mut buffer = [0u8; 1024];
-        loop {
-            match reader.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-            }
-        }
-    })
-    .await;
+    let received = read_until_closed(&mut reader).await;
     feeder.abort();
-    let received = String::from_utf8_lossy(&received);
-    assert!(
-        closed.is_ok(),
-        "the connection was still open after {DEADLINE:?}"
-    );
     assert!(
         !received.starts_with("HTTP/1.1 2"),
         "the request was served: {received:?}"
