@@ -244,23 +244,7 @@ impl TestApp {
 
     /// The events recorded in the room's Redis stream: `(type, data)`, oldest first.
     pub async fn events(&self, room: &str) -> Vec<(String, Value)> {
-        let mut redis = self.state.redis.clone();
-        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.state.redis_keys.room_events(room))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut redis)
-            .await
-            .expect("XRANGE");
-        entries
-            .ids
-            .iter()
-            .map(|entry| {
-                let kind: String = entry.get("type").expect("type");
-                let data: String = entry.get("data").expect("data");
-                (kind, serde_json::from_str(&data).expect("JSON data"))
-            })
-            .collect()
+        crate::history::room_history(&self.state, room).await
     }
 
     /// Creates a room with `doc` as admin and returns its version.

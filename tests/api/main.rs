@@ -14,6 +14,8 @@ mod connection_streams;
 mod connections;
 mod errors;
 mod helpers;
+#[path = "../common/history.rs"]
+mod history;
 mod openapi;
 mod ops;
 mod outbox;
@@ -22,4 +24,6 @@ mod presence;
 mod rooms;
 mod slow_bodies;
 mod sse;
+#[path = "../common/sse_text.rs"]
+mod sse_text;
 mod streams;

@@ -7,22 +7,16 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+
+use crate::sse_text::Blocks;
+pub use crate::sse_text::Frame;
 
 /// How long a test waits for the next frame before failing.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One SSE event.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub id: String,
-    pub event: String,
-    pub data: Value,
-}
-
 pub struct SseStream {
     body: Incoming,
-    buffer: String,
+    blocks: Blocks,
 }
 
 /// Opens `url` with the given headers; the stream when the answer is 200.
@@ -48,7 +42,7 @@ pub async fn open(url: &str, headers: &[(&str, &str)]) -> (StatusCode, Option<Ss
         status,
         Some(SseStream {
             body: response.into_body(),
-            buffer: String::new(),
+            blocks: Blocks::default(),
         }),
     )
 }
@@ -57,12 +51,8 @@ impl SseStream {
     /// The next event (comments skipped), or `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Frame> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(frame) = parse(&block) {
-                    return Some(frame);
-                }
-                continue;
+            if let Some(frame) = self.blocks.next_frame() {
+                return Some(frame);
             }
             let chunk = tokio::time::timeout(FRAME_TIMEOUT, self.body.frame())
                 .await
@@ -70,8 +60,7 @@ impl SseStream {
             match chunk {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buffer
-                            .push_str(std::str::from_utf8(&data).expect("UTF-8"));
+                        self.blocks.push(&data);
                     }
                 }
                 _ => return None,
@@ -84,15 +73,13 @@ impl SseStream {
     pub async fn expect_comment(&mut self, wait: Duration) -> String {
         tokio::time::timeout(wait, async {
             loop {
-                if let Some(end) = self.buffer.find("\n\n") {
-                    let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(block) = self.blocks.next_block() {
                     assert!(block.starts_with(':'), "expected a comment, got {block:?}");
                     return block;
                 }
                 let frame = self.body.frame().await.expect("the stream is open");
                 if let Ok(data) = frame.expect("a body frame").into_data() {
-                    self.buffer
-                        .push_str(std::str::from_utf8(&data).expect("UTF-8"));
+                    self.blocks.push(&data);
                 }
             }
         })
@@ -116,22 +103,4 @@ impl SseStream {
             panic!("expected silence, got {frame:?}");
         }
     }
-}
-
-fn parse(block: &str) -> Option<Frame> {
-    let (mut id, mut event, mut data) = (String::new(), String::from("message"), String::new());
-    for line in block.lines() {
-        if let Some(value) = line.strip_prefix("id:") {
-            id = value.trim_start().to_owned();
-        } else if let Some(value) = line.strip_prefix("event:") {
-            event = value.trim_start().to_owned();
-        } else if let Some(value) = line.strip_prefix("data:") {
-            data.push_str(value.trim_start());
-        }
-    }
-    (!data.is_empty()).then(|| Frame {
-        id,
-        event,
-        data: serde_json::from_str(&data).expect("JSON data"),
-    })
 }

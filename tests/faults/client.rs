@@ -11,6 +11,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::sse_text::Blocks;
+pub use crate::sse_text::Frame;
+
 /// Longer than any answer metacast should take, even with a store down; a
 /// request that hangs this long fails the test instead of hanging it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -231,23 +234,15 @@ impl Api {
         }
         Ok(Stream {
             body,
-            buffer: String::new(),
+            blocks: Blocks::default(),
         })
     }
-}
-
-/// One SSE event.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub id: String,
-    pub event: String,
-    pub data: Value,
 }
 
 /// An open event stream.
 pub struct Stream {
     body: Incoming,
-    buffer: String,
+    blocks: Blocks,
 }
 
 /// What reading a stream gave.
@@ -265,19 +260,14 @@ impl Stream {
     pub async fn next_within(&mut self, wait: Duration) -> Next {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(frame) = parse(&block) {
-                    return Next::Frame(frame);
-                }
-                continue;
+            if let Some(frame) = self.blocks.next_frame() {
+                return Next::Frame(frame);
             }
             match tokio::time::timeout_at(deadline, self.body.frame()).await {
                 Err(_) => return Next::Quiet,
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buffer
-                            .push_str(std::str::from_utf8(&data).expect("UTF-8 frames"));
+                        self.blocks.push(&data);
                     }
                 }
                 Ok(_) => return Next::Ended,
@@ -292,22 +282,4 @@ impl Stream {
             other => panic!("expected an event within {wait:?}, got {other:?}"),
         }
     }
-}
-
-fn parse(block: &str) -> Option<Frame> {
-    let (mut id, mut event, mut data) = (String::new(), String::from("message"), String::new());
-    for line in block.lines() {
-        if let Some(value) = line.strip_prefix("id:") {
-            id = value.trim_start().to_owned();
-        } else if let Some(value) = line.strip_prefix("event:") {
-            event = value.trim_start().to_owned();
-        } else if let Some(value) = line.strip_prefix("data:") {
-            data.push_str(value.trim_start());
-        }
-    }
-    (!data.is_empty()).then(|| Frame {
-        id,
-        event,
-        data: serde_json::from_str(&data).expect("JSON data"),
-    })
 }

@@ -12,7 +12,11 @@
 
 mod client;
 mod harness;
+#[path = "../common/history.rs"]
+mod history;
 mod instance;
 mod postgres_outage;
 mod redis_outage;
 mod sigkill;
+#[path = "../common/sse_text.rs"]
+mod sse_text;

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::client::{Api, Frame, Next, Stream};
 use crate::harness::{PostgresServer, RedisServer};
+use crate::history::room_history;
 use crate::instance::InProcess;
 
 const META: &str = "/v1/rooms/lobby/metadata";
@@ -191,7 +192,7 @@ async fn redis_outage_keeps_room_metadata_and_recovers_presence() {
     // relay publishes them after a couple of seconds).
     let deadline = Instant::now() + WAIT;
     let versions = loop {
-        let versions: Vec<i64> = history(&app, "lobby")
+        let versions: Vec<i64> = room_history(&app.state, "lobby")
             .await
             .into_iter()
             .filter(|(kind, _)| kind == "room.metadata.updated")
@@ -242,25 +243,4 @@ async fn redis_outage_keeps_room_metadata_and_recovers_presence() {
         .position(|f| f.event == "session.started" && f.data["session_id"] == new_session);
     assert_eq!(started, Some(frames.len() - 2), "{frames:#?}");
     assert_eq!(api.get("/readyz").await.status, StatusCode::OK);
-}
-
-/// The room's event history in Redis: `(type, data)`, oldest first.
-async fn history(app: &InProcess, room: &str) -> Vec<(String, Value)> {
-    let mut redis = app.state.redis.clone();
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(app.state.redis_keys.room_events(room))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    entries
-        .ids
-        .iter()
-        .map(|entry| {
-            let kind: String = entry.get("type").unwrap();
-            let data: String = entry.get("data").unwrap();
-            (kind, serde_json::from_str(&data).unwrap())
-        })
-        .collect()
 }
