@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use crate::auth::JwtKeys;
 use crate::cache::Redis;
 use crate::config::Settings;
+use crate::document::DocumentCache;
 use crate::events::hub::Hub;
 use crate::events::relay::OutboxMarks;
 use crate::lifecycle::Lifecycle;
@@ -19,7 +20,16 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
     let keys = JwtKeys::new(&settings.jwt)?;
     let redis_keys = crate::cache::Keys::new(&settings.redis_prefix);
     let lifecycle = Lifecycle::default();
-    let hub = Hub::new(redis.clone(), redis_keys.clone(), lifecycle.clone());
+    let documents = Arc::new(DocumentCache::new(
+        settings.document_cache_rooms,
+        settings.document_cache_max_age,
+    ));
+    let hub = Hub::new(
+        redis.clone(),
+        redis_keys.clone(),
+        lifecycle.clone(),
+        documents.clone(),
+    );
     let outbox_marks = OutboxMarks::spawn(db.clone(), lifecycle.clone());
     Ok(AppState {
         db,
@@ -29,6 +39,7 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
         keys: Arc::new(keys),
         lifecycle,
         hub,
+        documents,
         outbox_marks,
         metrics: crate::metrics::handle(),
     })

@@ -48,6 +48,10 @@ pub struct Settings {
     /// served, so load balancers stop sending traffic before we close.
     pub shutdown_drain: Duration,
     pub presence: PresenceSettings,
+    /// Room documents this instance keeps in memory for metadata GETs (0: none).
+    pub document_cache_rooms: usize,
+    /// The longest a cached document is served without being read again.
+    pub document_cache_max_age: Duration,
 }
 
 /// Connections, leases, occupancy and sessions.
@@ -147,6 +151,10 @@ impl Settings {
                 ),
                 stream_grace: Duration::from_millis(env.parse("METACAST_STREAM_GRACE_MS", 5000)?),
             },
+            document_cache_rooms: env.parse("METACAST_DOCUMENT_CACHE_ROOMS", 10_000)?,
+            document_cache_max_age: Duration::from_secs(
+                env.parse("METACAST_DOCUMENT_CACHE_MAX_AGE_SECS", 60)?,
+            ),
         };
         settings.validate()?;
         Ok(settings)

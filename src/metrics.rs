@@ -17,6 +17,7 @@ const OPEN_STREAMS: &str = "metacast_open_streams";
 const STREAM_SYNCS: &str = "metacast_stream_syncs_total";
 const OUTBOX_BACKLOG: &str = "metacast_outbox_backlog";
 const SWEEPER_LAG: &str = "metacast_sweeper_lag_seconds";
+const DOCUMENT_CACHE: &str = "metacast_document_cache_lookups_total";
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -82,6 +83,13 @@ impl Drop for OpenStream {
 /// (the event history was lost).
 pub fn stream_sync(reason: &'static str) {
     metrics::counter!(STREAM_SYNCS, "reason" => reason).increment(1);
+}
+
+/// Counts a metadata GET served from the document cache (`hit`) or read
+/// from Postgres (`miss`).
+pub fn document_cache_lookup(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics::counter!(DOCUMENT_CACHE, "result" => result).increment(1);
 }
 
 /// Values sampled from the stores when `/metrics` is scraped; `None` when a

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use crate::auth::JwtKeys;
 use crate::cache::{Keys, Redis};
 use crate::config::Settings;
+use crate::document::DocumentCache;
 use crate::events::hub::Hub;
 use crate::events::relay::OutboxMarks;
 use crate::lifecycle::Lifecycle;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// This instance's event fan-out to its stream subscribers.
     pub hub: Hub,
+    /// Recently read room documents (see [`DocumentCache`] for coherence).
+    pub documents: Arc<DocumentCache>,
     /// Batches "published" marks for outbox rows.
     pub outbox_marks: OutboxMarks,
     pub metrics: PrometheusHandle,

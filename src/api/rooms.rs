@@ -16,6 +16,7 @@ use super::sessions::SessionOut;
 use crate::auth::{Action, AuthUser, Delete, Read, RoomAccess, WriteRoom};
 use crate::db::rooms::{self as db, ListQuery, RoomRow};
 use crate::db::{outbox, sessions};
+use crate::document::cache::{CachedDocument, Lookup};
 use crate::document::{Preconditions, Write, etag};
 use crate::error::{Error, ProblemDetails};
 use crate::events::{self, Event};
@@ -311,14 +312,28 @@ async fn get_room_metadata(
     preconditions: Preconditions,
     State(state): State<AppState>,
 ) -> Result<Response, Error> {
-    let (version, document) = db::find_document(&state.db, access.room.as_str())
-        .await?
-        .ok_or_else(|| room_not_found(&access.room))?;
-    if preconditions.not_modified(version) {
-        return Ok(not_modified(version));
+    let room = access.room.as_str();
+    let lookup = state.documents.lookup(room);
+    crate::metrics::document_cache_lookup(matches!(lookup, Lookup::Hit(_)));
+    let document = match lookup {
+        Lookup::Hit(document) => document,
+        Lookup::Miss(ticket) => {
+            let (version, json) = db::find_document(&state.db, room)
+                .await?
+                .ok_or_else(|| room_not_found(&access.room))?;
+            let document = CachedDocument {
+                version,
+                json: json.into(),
+            };
+            state.documents.fill(room, ticket, document.clone());
+            document
+        }
+    };
+    if preconditions.not_modified(document.version) {
+        return Ok(not_modified(document.version));
     }
     let json = [(header::CONTENT_TYPE, "application/json")];
-    Ok(with_etag(version, (json, document)))
+    Ok(with_etag(document.version, (json, document.json)))
 }
 
 /// Replace the room's metadata, creating the room if it does not exist.

@@ -3,11 +3,13 @@
 //! version preconditions.
 
 mod body;
+pub mod cache;
 mod conditional;
 mod limits;
 mod strategy;
 
 pub use body::parse_json;
+pub use cache::DocumentCache;
 pub use conditional::{Preconditions, etag};
 pub use limits::DocumentLimits;
 pub use strategy::{Strategy, Write, json_body};

@@ -4,7 +4,9 @@
 //! local subscribers then reads its stream from where it left off and
 //! broadcasts each entry to them. Wake-ups carry no data, so a lost one
 //! only delays delivery: a feed also polls, and every feed catches up when
-//! the subscription reconnects.
+//! the subscription reconnects. A wake-up for a room also invalidates its
+//! document in [`DocumentCache`], which serves nothing while the
+//! subscription is down.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +20,7 @@ use tokio::sync::{Notify, broadcast};
 use super::frame;
 use super::ids::{EventId, StreamPosition, current_epoch};
 use crate::cache::{Keys, Redis};
+use crate::document::DocumentCache;
 use crate::lifecycle::Lifecycle;
 
 /// Entries one feed buffers for its subscribers; a subscriber that falls
@@ -83,6 +86,9 @@ struct Inner {
     keys: Keys,
     lifecycle: Lifecycle,
     feeds: Mutex<HashMap<String, Weak<Feed>>>,
+    /// The room documents cached for GETs: a wake-up for a room is also
+    /// its invalidation.
+    documents: Arc<DocumentCache>,
     /// Counts the wake-up subscriptions made. A new one follows a lost
     /// connection, after which Redis may be a restarted, empty one: every
     /// feed checks the epoch before it reads on.
@@ -96,13 +102,19 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(redis: Redis, keys: Keys, lifecycle: Lifecycle) -> Self {
+    pub fn new(
+        redis: Redis,
+        keys: Keys,
+        lifecycle: Lifecycle,
+        documents: Arc<DocumentCache>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 redis,
                 keys,
                 lifecycle,
                 feeds: Mutex::new(HashMap::new()),
+                documents,
                 subscriptions: AtomicU64::new(0),
             }),
         }
@@ -185,6 +197,7 @@ impl Hub {
                 tokio::select! {
                     () = stopped.stopped() => return,
                     result = hub.listen(client, &channel) => {
+                        hub.inner.documents.stop_listening();
                         if let Err(err) = result {
                             tracing::warn!(error = %err, "event wake-up subscription lost; re-subscribing");
                         }
@@ -201,10 +214,12 @@ impl Hub {
         // Whatever was published while we were not subscribed: catch up,
         // in the epoch Redis has now.
         self.inner.subscriptions.fetch_add(1, Ordering::AcqRel);
+        self.inner.documents.start_listening();
         self.wake_all();
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
             if let Ok(room) = message.get_payload::<String>() {
+                self.inner.documents.invalidate(&room);
                 self.wake(&room);
             }
         }

@@ -103,12 +103,18 @@ impl Event {
 }
 
 /// Appends events of changes that already happened to their rooms' streams,
-/// in order, waking every instance's feeds. Durable events go through the
+/// in order, waking every instance's feeds (and invalidating their cached
+/// room documents; this instance's at once). Durable events go through the
 /// sequence guard and, once in Redis, are marked published in the outbox.
 /// A Redis failure is logged, not returned: durable events wait in the
 /// outbox for the relay; ephemeral ones are lost with the outage, which
 /// stream clients learn from the `sync` they get when it ends.
 pub async fn publish(state: &AppState, events: &[Event]) {
+    // Before the caller answers, whatever becomes of the appends: a GET on
+    // this instance must not serve what these changes replaced.
+    for event in events.iter().filter(|event| event.outbox.is_some()) {
+        state.documents.invalidate(&event.room);
+    }
     for event in events {
         if let Err(err) = publish_one(state, event).await {
             tracing::warn!(error = %err, event = event.kind, room = event.room, "event not appended to Redis");

@@ -12,6 +12,7 @@ mod bodies;
 mod concurrency;
 mod connection_streams;
 mod connections;
+mod document_cache;
 mod errors;
 mod helpers;
 #[path = "../common/history.rs"]
