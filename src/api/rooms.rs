@@ -507,10 +507,21 @@ enum Absent {
     NotFound,
 }
 
-/// Applies `write` to the room's document under its row lock: read, check
-/// preconditions, patch, check limits, store and record the event happen in
-/// one transaction, so concurrent writers queue instead of overwriting each
-/// other. Returns the stored row and whether the room was created.
+/// Unlocked attempts at a write to an existing room before it queues for
+/// the row lock. An attempt is two statements and no transaction; it fails
+/// only when another write to the same room lands between them.
+const UNLOCKED_ATTEMPTS: usize = 2;
+
+/// Applies `write` to the room's document atomically: concurrent writers
+/// never overwrite each other's changes. Returns the stored row and whether
+/// the room was created.
+///
+/// A write to an existing room first tries without a lock: read the row,
+/// patch, check limits and preconditions, then store it and record its event
+/// in one statement that only succeeds if the row is still at the version
+/// read (so `If-Match` is decided by Postgres either way). Under contention
+/// for one room, or to create a room, it reads and writes under the row lock
+/// in one transaction, where writers queue instead of retrying.
 async fn write_metadata(
     state: &AppState,
     room: &RoomId,
@@ -519,6 +530,17 @@ async fn write_metadata(
     write: &Write,
     absent: Absent,
 ) -> Result<(RoomRow, bool), Error> {
+    if absent == Absent::NotFound {
+        for _ in 0..UNLOCKED_ATTEMPTS {
+            let row = find_room(state, room).await?;
+            let stored =
+                store_write(&state.db, state, room, actor, preconditions, write, row).await?;
+            if let Some((stored, event)) = stored {
+                events::publish(state, std::slice::from_ref(&event)).await;
+                return Ok((stored, false));
+            }
+        }
+    }
     let mut tx = crate::db::begin(&state.db).await?;
     let row = match absent {
         Absent::Create => db::lock_or_insert(&mut tx, room.as_str()).await?,
@@ -528,31 +550,67 @@ async fn write_metadata(
             .ok_or_else(|| room_not_found(room))?,
     };
     let exists = row.is_live();
+    let (stored, event) = store_write(&mut *tx, state, room, actor, preconditions, write, row)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("room {room} changed under its row lock"))?;
+    tx.commit().await?;
+    events::publish(state, std::slice::from_ref(&event)).await;
+    Ok((stored, !exists))
+}
+
+/// Applies `write` to `row` as read and stores the result with its event,
+/// unless the row moved on since it was read (`None`).
+async fn store_write(
+    executor: impl sqlx::PgExecutor<'_>,
+    state: &AppState,
+    room: &RoomId,
+    actor: &str,
+    preconditions: &Preconditions,
+    write: &Write,
+    row: RoomRow,
+) -> Result<Option<(RoomRow, Event)>, Error> {
+    let exists = row.is_live();
     let existing = exists.then_some((&row.metadata.0, row.version));
     let document = write.apply_checked(existing, preconditions, &state.settings.limits)?;
-    let stored = db::store_metadata(&mut tx, room.as_str(), &document, row.version + 1).await?;
+    let version = row.version + 1;
     let mut event = if write.is_reset() {
         Event::new(
             "room.metadata.deleted",
             room.as_str(),
             actor,
-            serde_json::json!({"version": stored.version}),
+            serde_json::json!({"version": version}),
         )
     } else {
         Event::metadata_updated(
             "room.metadata.updated",
             room.as_str(),
             actor,
-            stored.version,
-            &stored.metadata.0,
+            version,
+            &document,
             write,
             None,
         )
     };
-    outbox::record(&mut tx, &mut event).await?;
-    tx.commit().await?;
-    events::publish(state, std::slice::from_ref(&event)).await;
-    Ok((stored, !exists))
+    let stored = db::store_metadata(
+        executor,
+        room.as_str(),
+        &document,
+        row.version,
+        exists,
+        &mut event,
+    )
+    .await?;
+    Ok(stored.map(|at| {
+        let stored = RoomRow {
+            id: row.id,
+            metadata: sqlx::types::Json(document),
+            version,
+            created_at: at.created_at,
+            updated_at: at.updated_at,
+            deleted_at: None,
+        };
+        (stored, event)
+    }))
 }
 
 pub(super) async fn find_room(state: &AppState, room: &RoomId) -> Result<RoomRow, Error> {

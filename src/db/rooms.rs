@@ -7,6 +7,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
 
 use crate::auth::RoomAccessFilter;
+use crate::events::Event;
 
 /// A room as stored, tombstones included.
 #[derive(Debug, Clone, FromRow)]
@@ -81,27 +82,62 @@ pub async fn lock_or_insert(conn: &mut PgConnection, id: &str) -> sqlx::Result<R
     lock(conn, id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
-/// Stores a new document and version, reviving a tombstone (a revived room
-/// gets a fresh `created_at`).
-#[tracing::instrument(skip_all, fields(room_id = id, version))]
+/// When a stored room document was created and updated.
+#[derive(Debug, Clone, FromRow)]
+pub struct StoredAt {
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Stores `metadata` as the next version and records `event` in the outbox
+/// with the room's next sequence number, in one statement, provided the row
+/// is still as the caller read it: at `read_version`, and live or a
+/// tombstone as `read_live` says. `None` when it moved on (another write, a
+/// deletion): then nothing was written. A revived tombstone gets a fresh
+/// `created_at`. Fills in the event's `outbox` position.
+///
+/// One statement and one new row version, where a separate UPDATE of the
+/// document and outbox insert took two of each: the statement is atomic on
+/// its own, so a caller holding no lock can use it as a compare-and-set.
+#[tracing::instrument(skip_all, fields(room_id = id, read_version))]
 pub async fn store_metadata(
-    conn: &mut PgConnection,
+    executor: impl PgExecutor<'_>,
     id: &str,
     metadata: &Value,
-    version: i64,
-) -> sqlx::Result<RoomRow> {
-    sqlx::query_as(
-        "update rooms
-         set metadata = $2, version = $3, deleted_at = null,
-             created_at = case when deleted_at is null then created_at else now() end
-         where id = $1
-         returning id, metadata, version, created_at, updated_at, deleted_at",
+    read_version: i64,
+    read_live: bool,
+    event: &mut Event,
+) -> sqlx::Result<Option<StoredAt>> {
+    let stored: Option<(DateTime<Utc>, DateTime<Utc>, i64, i64)> = sqlx::query_as(
+        "with stored as (
+             update rooms
+             set metadata = $2, version = $3 + 1, deleted_at = null,
+                 event_seq = event_seq + 1,
+                 created_at = case when deleted_at is null then created_at else now() end
+             where id = $1 and version = $3 and (deleted_at is null) = $4
+             returning created_at, updated_at, event_seq
+         ), recorded as (
+             insert into outbox (room, seq, event_type, payload)
+             select $1, event_seq, $5, $6 from stored
+             returning id
+         )
+         select created_at, updated_at, event_seq, recorded.id from stored, recorded",
     )
     .bind(id)
     .bind(Json(metadata))
-    .bind(version)
-    .fetch_one(conn)
-    .await
+    .bind(read_version)
+    .bind(read_live)
+    .bind(event.kind)
+    .bind(Json(&event.data))
+    .fetch_optional(executor)
+    .await?;
+    Ok(stored.map(|(created_at, updated_at, seq, outbox_id)| {
+        event.outbox = Some((outbox_id, seq));
+        StoredAt {
+            created_at,
+            updated_at,
+        }
+    }))
 }
 
 /// Turns a live room into a tombstone: its document goes, its version stays.
