@@ -531,11 +531,17 @@ async fn write_metadata(
     absent: Absent,
 ) -> Result<(RoomRow, bool), Error> {
     if absent == Absent::NotFound {
+        // One connection for both statements: sqlx pings each connection
+        // it takes back, a round trip per checkout.
+        let mut conn = state.db.acquire().await?;
         for _ in 0..UNLOCKED_ATTEMPTS {
-            let row = find_room(state, room).await?;
+            let row = db::find(&mut *conn, room.as_str())
+                .await?
+                .ok_or_else(|| room_not_found(room))?;
             let stored =
-                store_write(&state.db, state, room, actor, preconditions, write, row).await?;
+                store_write(&mut *conn, state, room, actor, preconditions, write, row).await?;
             if let Some((stored, event)) = stored {
+                drop(conn);
                 events::publish(state, std::slice::from_ref(&event)).await;
                 return Ok((stored, false));
             }
