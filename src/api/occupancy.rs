@@ -76,14 +76,24 @@ async fn join_room(
     State(state): State<AppState>,
 ) -> Result<Response, Error> {
     let user = &access.user;
-    let conn = authorize(
-        user,
+    let owner = (!user.permissions.admin).then_some(user.subject.as_str());
+    let (conn, joined) = occupancy::join(
+        &state,
+        &access.room,
         &id,
-        connections::load(&state, &id).await?,
-        |conn| owns(user, conn),
-        "only the connection's owner may join it to a room",
-    )?;
-    let joined = occupancy::join(&state, &access.room, &conn, &user.subject).await?;
+        owner,
+        |loaded| {
+            authorize(
+                user,
+                &id,
+                loaded,
+                |conn| owns(user, conn),
+                "only the connection's owner may join it to a room",
+            )
+        },
+        &user.subject,
+    )
+    .await?;
     let status = if joined.newly {
         StatusCode::CREATED
     } else {
@@ -142,7 +152,7 @@ async fn leave_room(
         &conn.id,
         &conn.owner,
         &conn.metadata,
-        reason,
+        occupancy::Remover::Allowed(reason),
         &user.subject,
     )
     .await?;

@@ -105,20 +105,31 @@ return 1
 });
 
 /// KEYS: connection, its rooms, its events. ARGV: room, room quota, events
-/// channel, the connection's topic.
-/// → 1 attached, 0 already there, -1 connection gone, -2 over quota.
+/// channel, the connection's topic, `1` when only `subject` may attach it
+/// (`0`: an admin, who acts for every owner), subject.
+/// → {status, the connection's fields, its rooms}, both as they were before:
+/// 1 attached, 0 already there, -1 connection gone, -2 over quota, -3 not
+/// the subject's (nothing changed).
 /// Records a `membership.joined` marker for the connection's own stream.
+///
+/// One round trip both loads the connection (the caller decides 404 or 403
+/// from the fields, as for any connection) and attaches it when the caller
+/// owns it.
 pub static ATTACH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
-if not is_alive(KEYS[1], now) then return -1 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
+local fields = redis.call('HGETALL', KEYS[1])
+local rooms = redis.call('HGETALL', KEYS[2])
+local function answer(status) return {status, fields, rooms} end
+if not is_alive(KEYS[1], now) then return answer(-1) end
+if ARGV[5] == '1' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[6] then return answer(-3) end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return answer(0) end
+if #rooms / 2 >= tonumber(ARGV[2]) then return answer(-2) end
 redis.call('HSET', KEYS[2], ARGV[1], now)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'type', 'membership.joined', 'data', ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
+return answer(1)
 "#,
     )
 });
@@ -137,17 +148,22 @@ return 1
     )
 });
 
-/// KEYS: room members, room session, room events. ARGV: connection id,
-/// candidate session id, presence.joined payload without its closing brace,
-/// history length, events channel, room id.
-/// → {joined (1) or already (0), occupancy, session id, started (1/0), joined_at}.
+/// KEYS: room members, room session, room events, room departed. ARGV:
+/// connection id, candidate session id, presence.joined payload without its
+/// closing brace, history length, events channel, room id.
+/// → {joined (1), already a member (0) or departed (-1), occupancy, session
+/// id, started (1/0), joined_at}.
 ///
 /// First in starts the session. A join that does not start one records its
 /// `presence.joined` here, atomically; the starter's is recorded after the
 /// session is durable, so `session.started` comes first.
+///
+/// A departed connection ended after its ATTACH, and its leave of this
+/// room ran before this join: adding it now would leave a ghost.
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {-1, 0, '', 0, 0} end
 local joined_at = redis.call('HGET', KEYS[1], ARGV[1])
 if joined_at then
   return {0, redis.call('HLEN', KEYS[1]), redis.call('HGET', KEYS[2], 'id') or '', 0, tonumber(joined_at)}
@@ -171,9 +187,11 @@ return {1, n, sid, 0, now}
     )
 });
 
-/// KEYS: room members, room session, room events. ARGV: connection id,
-/// presence.left payload without its closing brace (empty: record nothing),
-/// history length, events channel, room id.
+/// KEYS: room members, room session, room events, room departed. ARGV:
+/// connection id, presence.left payload without its closing brace (empty:
+/// record nothing), how long (ms) to remember the connection as departed
+/// when it is not a member (empty: it is not ending), history length,
+/// events channel, room id.
 /// → {left (1) or not a member (0), occupancy, ended session id, peak}.
 ///
 /// Last out ends the session; only the caller whose HDEL removed the member
@@ -181,12 +199,20 @@ return {1, n, sid, 0, now}
 pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('HLEN', KEYS[1])} end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  if ARGV[3] ~= '' then
+    local now = now_ms()
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
+    redis.call('ZADD', KEYS[4], now, ARGV[1])
+    redis.call('PEXPIRE', KEYS[4], ARGV[3])
+  end
+  return {0, redis.call('HLEN', KEYS[1])}
+end
 local n = redis.call('HLEN', KEYS[1])
 if ARGV[2] ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
     'type', 'presence.left', 'data', ARGV[2] .. ',"occupancy":' .. n .. '}')
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
 end
 if n == 0 then
   local s = redis.call('HMGET', KEYS[2], 'id', 'peak')

@@ -33,7 +33,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn from_redis(
+    /// The connection from its hash and its rooms hash; `None` unless live.
+    pub(super) fn from_redis(
         id: &str,
         fields: HashMap<String, String>,
         rooms: HashMap<String, i64>,
@@ -288,7 +289,8 @@ pub async fn end(
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default();
     for room in reply {
-        occupancy::leave(state, &room, id, &owner, &metadata, reason, actor).await?;
+        let ending = occupancy::Remover::Ending(reason);
+        occupancy::leave(state, &room, id, &owner, &metadata, ending, actor).await?;
     }
     // The connection's own keys share a slot; each index is a key of its
     // own (and slot, on a Redis Cluster): one command each, sent together.

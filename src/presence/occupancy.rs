@@ -1,21 +1,32 @@
 //! Occupancy: which connections are in which room. The first join into an
 //! empty room starts a session and the last leave ends it, decided by one Lua
 //! script per transition on the room's keys.
+//!
+//! A join is two Redis round trips when it starts no session: ATTACH on the
+//! connection's keys (which also loads the connection for the permission
+//! check), then JOIN on the room's.
 
+use std::cmp::max;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::connections::{Connection, millis};
+use super::connections::{Connection, millis, not_found};
 use super::sessions;
 use crate::cache::{Keys, scripts};
 use crate::error::Error;
-use crate::events::{self, Event, SYSTEM_ACTOR};
+use crate::events::{self, Event};
 use crate::ids::RoomId;
 use crate::state::AppState;
+
+/// A room remembers a departed connection at least this long: any join of
+/// it still in flight (its request runs within the request timeout) has
+/// reached Redis long before.
+const DEPARTED_RETENTION: Duration = Duration::from_secs(600);
 
 /// The result of a join.
 #[derive(Debug, Clone)]
@@ -27,28 +38,39 @@ pub struct Joined {
     pub joined_at: DateTime<Utc>,
 }
 
-/// Joins `conn` to `room`. Returns once a session it started is durable.
+/// Joins connection `id` to `room` for a caller that must own it (`owner`;
+/// `None` for an admin, who owns every connection). `authorize` decides from
+/// the connection as loaded (`None`: it does not exist) whether the caller
+/// may join it, as for any request on a connection; the connection was only
+/// attached if `owner` owns it. Returns once a session it started is durable.
 pub async fn join(
     state: &AppState,
     room: &RoomId,
-    conn: &Connection,
+    id: &str,
+    owner: Option<&str>,
+    authorize: impl FnOnce(Option<Connection>) -> Result<Connection, Error>,
     actor: &str,
-) -> Result<Joined, Error> {
+) -> Result<(Connection, Joined), Error> {
     let keys = &state.redis_keys;
     let presence = &state.settings.presence;
     let mut redis = state.redis.clone();
-    let attached: i64 = scripts::ATTACH
-        .key(keys.connection(&conn.id))
-        .key(keys.connection_rooms(&conn.id))
-        .key(keys.connection_events(&conn.id))
-        .arg(room.as_str())
-        .arg(presence.max_rooms_per_connection)
-        .arg(keys.events_channel())
-        .arg(Keys::connection_topic(&conn.id))
-        .invoke_async(&mut redis)
-        .await?;
+    let (attached, fields, rooms): (i64, HashMap<String, String>, HashMap<String, i64>) =
+        scripts::ATTACH
+            .key(keys.connection(id))
+            .key(keys.connection_rooms(id))
+            .key(keys.connection_events(id))
+            .arg(room.as_str())
+            .arg(presence.max_rooms_per_connection)
+            .arg(keys.events_channel())
+            .arg(Keys::connection_topic(id))
+            .arg(if owner.is_some() { "1" } else { "0" })
+            .arg(owner.unwrap_or_default())
+            .invoke_async(&mut redis)
+            .await?;
+    let conn = authorize(Connection::from_redis(id, fields, rooms))?;
     match attached {
-        -1 => return Err(super::connections::not_found(&conn.id)),
+        0 | 1 => {}
+        -1 => return Err(not_found(id)),
         -2 => {
             return Err(Error::client(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -59,20 +81,22 @@ pub async fn join(
                 ),
             ));
         }
-        _ => {}
+        // -3, not the caller's: what `authorize` has just refused.
+        other => return Err(anyhow::anyhow!("unexpected ATTACH answer {other}").into()),
     }
-    let joined_event = Event::new(
+    let mut joined_event = Event::new(
         "presence.joined",
         room.as_str(),
         actor,
         json!({"connection_id": conn.id, "owner": conn.owner, "metadata": conn.metadata}),
     );
     let candidate = Uuid::now_v7();
-    let (newly, occupancy, session_id, started, joined_at): (i64, i64, String, i64, i64) =
+    let (status, occupancy, session_id, started, joined_at): (i64, i64, String, i64, i64) =
         scripts::JOIN
             .key(keys.room_members(room.as_str()))
             .key(keys.room_session(room.as_str()))
             .key(keys.room_events(room.as_str()))
+            .key(keys.room_departed(room.as_str()))
             .arg(&conn.id)
             .arg(candidate.to_string())
             .arg(joined_event.open_payload())
@@ -81,26 +105,9 @@ pub async fn join(
             .arg(room.as_str())
             .invoke_async(&mut redis)
             .await?;
-
-    // A sweeper may have ended the connection between ATTACH and JOIN and
-    // missed this room: then the join must not leave a ghost behind.
-    let connection_state: Option<String> = redis::cmd("HGET")
-        .arg(keys.connection(&conn.id))
-        .arg("state")
-        .query_async(&mut redis)
-        .await?;
-    if connection_state.as_deref() != Some("live") {
-        leave(
-            state,
-            room.as_str(),
-            &conn.id,
-            &conn.owner,
-            &conn.metadata,
-            "expired",
-            SYSTEM_ACTOR,
-        )
-        .await?;
-        return Err(super::connections::not_found(&conn.id));
+    if status == -1 {
+        // It ended after ATTACH, and its leave of this room came first.
+        return Err(not_found(&conn.id));
     }
 
     if started == 1 {
@@ -113,7 +120,6 @@ pub async fn join(
         let session_id = candidate;
         match sessions::start(state, room, session_id, millis(joined_at), occupancy, actor).await {
             Ok(mut durable) => {
-                let mut joined_event = joined_event;
                 joined_event.data["occupancy"] = occupancy.into();
                 durable.push(joined_event);
                 events::publish(state, &durable).await;
@@ -125,17 +131,19 @@ pub async fn join(
             }
         }
     }
-    Ok(Joined {
-        newly: newly == 1,
+    let joined = Joined {
+        newly: status == 1,
         occupancy,
         session_id,
         joined_at: millis(joined_at),
-    })
+    };
+    Ok((conn, joined))
 }
 
 async fn undo_join(state: &AppState, room: &str, connection_id: &str) {
     let undone = async {
-        let outcome = leave_script(state, room, connection_id, "").await?;
+        let outcome =
+            leave_script(state, room, connection_id, "", Remover::Allowed("left")).await?;
         detach(state, room, connection_id).await?;
         if outcome.ended.is_some() {
             let mut redis = state.redis.clone();
@@ -152,6 +160,17 @@ async fn undo_join(state: &AppState, room: &str, connection_id: &str) {
     }
 }
 
+/// Who removes a connection from a room, with the `reason` of its
+/// `presence.left`.
+#[derive(Debug, Clone, Copy)]
+pub enum Remover {
+    /// One allowed to remove it.
+    Allowed(&'static str),
+    /// The connection itself is ending: a join of it still on its way into
+    /// the room is refused from now on.
+    Ending(&'static str),
+}
+
 struct LeaveOutcome {
     left: bool,
     /// The session this leave ended, with its peak occupancy.
@@ -163,15 +182,24 @@ async fn leave_script(
     room: &str,
     connection_id: &str,
     payload: &str,
+    remover: Remover,
 ) -> Result<LeaveOutcome, Error> {
     let keys = &state.redis_keys;
+    let departed_ms = match remover {
+        Remover::Allowed(_) => None,
+        Remover::Ending(_) => {
+            Some(max(DEPARTED_RETENTION, 2 * state.settings.request_timeout).as_millis())
+        }
+    };
     let mut redis = state.redis.clone();
     let reply: Vec<redis::Value> = scripts::LEAVE
         .key(keys.room_members(room))
         .key(keys.room_session(room))
         .key(keys.room_events(room))
+        .key(keys.room_departed(room))
         .arg(connection_id)
         .arg(payload)
+        .arg(departed_ms.map(|ms| ms.to_string()).unwrap_or_default())
         .arg(state.settings.presence.event_history)
         .arg(keys.events_channel())
         .arg(room)
@@ -210,16 +238,24 @@ pub async fn leave(
     connection_id: &str,
     owner: &str,
     metadata: &Value,
-    reason: &'static str,
+    remover: Remover,
     actor: &str,
 ) -> Result<bool, Error> {
+    let (Remover::Allowed(reason) | Remover::Ending(reason)) = remover;
     let left_event = Event::new(
         "presence.left",
         room,
         actor,
         json!({"connection_id": connection_id, "owner": owner, "metadata": metadata, "reason": reason}),
     );
-    let outcome = leave_script(state, room, connection_id, &left_event.open_payload()).await?;
+    let outcome = leave_script(
+        state,
+        room,
+        connection_id,
+        &left_event.open_payload(),
+        remover,
+    )
+    .await?;
     let ended = match outcome.ended {
         Some((session_id, peak)) => end_session(state, room, &session_id, peak, actor).await,
         None => Ok(()),
@@ -276,7 +312,7 @@ pub async fn evict_all(state: &AppState, room: &str, actor: &str) -> Result<(), 
             &id,
             &owner.unwrap_or_default(),
             &metadata,
-            "evicted",
+            Remover::Allowed("evicted"),
             actor,
         )
         .await?;

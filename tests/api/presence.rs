@@ -1,12 +1,21 @@
 //! Presence and sessions: joins and leaves decide first-in/last-out exactly
 //! once, across instances, with the events recorded in order.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
 use futures_util::future::join_all;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tower::ServiceExt;
 
 use crate::helpers::{TestApp, test_settings};
 
@@ -787,4 +796,186 @@ async fn room_metadata_writes_record_their_events(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(outbox, 3, "durable changes are in the outbox too");
+}
+
+/// A TCP proxy between an app and its Redis that counts round trips: the
+/// times the app starts sending after it has had an answer, however the
+/// kernel splits its bytes. It can also hold one round trip back.
+struct RedisProxy {
+    url: String,
+    trips: Arc<AtomicUsize>,
+    /// The round trip (1-based, counted since the last reset) to hold back
+    /// until `release`; 0 holds none.
+    hold: Arc<AtomicUsize>,
+    held: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl RedisProxy {
+    async fn start(redis_url: &str) -> Self {
+        let upstream = match redis::Client::open(redis_url)
+            .unwrap()
+            .get_connection_info()
+            .addr()
+        {
+            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+            other => panic!("a TCP Redis is needed, not {other:?}"),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            // The test Redis needs no password (as for every test here).
+            url: format!("redis://{}", listener.local_addr().unwrap()),
+            trips: Arc::default(),
+            hold: Arc::default(),
+            held: Arc::default(),
+            release: Arc::default(),
+        };
+        let (trips, hold, held, release) = (
+            proxy.trips.clone(),
+            proxy.hold.clone(),
+            proxy.held.clone(),
+            proxy.release.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect(&upstream).await.unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let answered = Arc::new(AtomicBool::new(true));
+                let (trips, hold, held, release) =
+                    (trips.clone(), hold.clone(), held.clone(), release.clone());
+                let waiting = answered.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
+                        if waiting.swap(false, Ordering::SeqCst) {
+                            let trip = trips.fetch_add(1, Ordering::SeqCst) + 1;
+                            if trip == hold.load(Ordering::SeqCst) {
+                                held.notify_one();
+                                release.notified().await;
+                            }
+                        }
+                        if to_server.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(n @ 1..) = from_server.read(&mut buffer).await {
+                        // Before the client sees the answer, so its next
+                        // command counts as a new round trip.
+                        answered.store(true, Ordering::SeqCst);
+                        if to_client.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    /// The round trips since the last call.
+    fn take(&self) -> usize {
+        self.trips.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// A router on `app`'s database and Redis prefix whose Redis traffic goes
+/// through `proxy` (the app itself keeps its direct connection, and cleans
+/// up the prefix when dropped).
+fn proxied_router(app: &TestApp, proxy: &RedisProxy) -> Router {
+    let mut settings = (*app.state.settings).clone();
+    settings.redis_url = proxy.url.clone().into();
+    let redis = metacast::cache::connect(&settings).unwrap();
+    let state = metacast::app::build_state(settings, app.state.db.clone(), redis).unwrap();
+    metacast::api::router(state)
+}
+
+async fn send(router: &Router, method: Method, uri: &str, token: &str) -> StatusCode {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    router.clone().oneshot(request).await.unwrap().status()
+}
+
+/// On a Redis Cluster the client talks to every master directly, past any
+/// proxy in front of the seed node: these counts are single-server ones.
+fn on_a_cluster(app: &TestApp) -> bool {
+    if app.state.settings.redis_cluster {
+        println!("skipped on a Redis Cluster: the proxy sees one node only");
+    }
+    app.state.settings.redis_cluster
+}
+
+#[sqlx::test]
+async fn a_join_whose_connection_ends_between_its_two_scripts_leaves_no_ghost(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    if on_a_cluster(&app) {
+        return;
+    }
+    let proxy = RedisProxy::start(app.state.settings.redis_url.expose_secret()).await;
+    let router = proxied_router(&app, &proxy);
+    let alice = app.token_for(
+        "alice",
+        &[("arena", &["join", "read"]), ("warm-up", &["join"])],
+    );
+    app.create_room("arena", json!({})).await;
+    let warm_up = app.connect(&alice).await;
+    let uri = format!("/v1/rooms/warm-up/connections/{warm_up}");
+    assert_eq!(
+        send(&router, Method::PUT, &uri, &alice).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&router, Method::DELETE, &uri, &alice).await,
+        StatusCode::NO_CONTENT
+    );
+
+    // The join's ATTACH goes through; its JOIN waits while the connection
+    // is disconnected, which leaves every room it is attached to, this one
+    // included (where it is not a member yet).
+    let id = app.connect(&alice).await;
+    proxy.take();
+    proxy.hold.store(2, Ordering::SeqCst);
+    let join = tokio::spawn({
+        let (router, alice) = (router.clone(), alice.clone());
+        let uri = format!("/v1/rooms/arena/connections/{id}");
+        async move { send(&router, Method::PUT, &uri, &alice).await }
+    });
+    proxy.held.notified().await;
+    let disconnected = app
+        .delete(&format!("/v1/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(disconnected.status, StatusCode::NO_CONTENT);
+    proxy.release.notify_one();
+
+    assert_eq!(
+        join.await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "the connection is gone"
+    );
+    let room = app
+        .get("/v1/rooms/arena")
+        .bearer(&alice)
+        .send()
+        .await
+        .json();
+    assert_eq!(room["occupancy"], 0, "no ghost: {room}");
+    assert_eq!(room["session"], Value::Null, "{room}");
+    assert!(
+        session_rows(&app, "arena").await.is_empty(),
+        "no session started"
+    );
+    assert_eq!(
+        kinds(&app.events("arena").await),
+        ["room.metadata.updated"],
+        "nobody was told of a join"
+    );
 }
