@@ -913,6 +913,47 @@ fn on_a_cluster(app: &TestApp) -> bool {
 }
 
 #[sqlx::test]
+async fn a_join_and_a_leave_take_two_redis_round_trips_each(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    if on_a_cluster(&app) {
+        return;
+    }
+    let proxy = RedisProxy::start(app.state.settings.redis_url.expose_secret()).await;
+    let router = proxied_router(&app, &proxy);
+    // As in benchmark R3: a resident keeps the session open, and a caller
+    // who is not an admin moves its own connection in and out.
+    let admin = app.admin();
+    let resident = app.connect(&admin).await;
+    app.join(&admin, "arena", &resident).await;
+    let alice = app.token_for("alice", &[("arena", &["join"])]);
+    let mover = app.connect(&alice).await;
+    let uri = format!("/v1/rooms/arena/connections/{mover}");
+    // Warm-up: the Redis connection is made and the scripts are loaded.
+    assert_eq!(
+        send(&router, Method::PUT, &uri, &alice).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&router, Method::DELETE, &uri, &alice).await,
+        StatusCode::NO_CONTENT
+    );
+
+    for _ in 0..3 {
+        proxy.take();
+        assert_eq!(
+            send(&router, Method::PUT, &uri, &alice).await,
+            StatusCode::CREATED
+        );
+        assert_eq!(proxy.take(), 2, "a join: ATTACH, then JOIN");
+        assert_eq!(
+            send(&router, Method::DELETE, &uri, &alice).await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(proxy.take(), 2, "a leave: LEAVE, then DETACH");
+    }
+}
+
+#[sqlx::test]
 async fn a_join_whose_connection_ends_between_its_two_scripts_leaves_no_ghost(pool: PgPool) {
     let app = TestApp::new(pool).await;
     if on_a_cluster(&app) {
@@ -978,4 +1019,178 @@ async fn a_join_whose_connection_ends_between_its_two_scripts_leaves_no_ghost(po
         ["room.metadata.updated"],
         "nobody was told of a join"
     );
+}
+
+#[sqlx::test]
+async fn a_leave_reports_the_metadata_the_room_last_saw(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    let alice = app.token(
+        "alice",
+        metacast::auth::MetacastClaim {
+            own_metadata: true,
+            rooms: [("lobby".to_owned(), vec!["join".to_owned()])].into(),
+            ..Default::default()
+        },
+    );
+    let resident = app.connect(&admin).await;
+    app.join(&admin, "lobby", &resident).await;
+    let id = app
+        .post("/v1/connections")
+        .bearer(&alice)
+        .json(&json!({"metadata": {"name": "Alice"}}))
+        .send()
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.join(&alice, "lobby", &id).await;
+    let patched = app
+        .patch(&format!("/v1/connections/{id}/metadata"))
+        .bearer(&alice)
+        .json(&json!({"muted": true}))
+        .send()
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{patched:?}");
+    let left = app
+        .delete(&format!("/v1/rooms/lobby/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT, "{left:?}");
+
+    let events = app.events("lobby").await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "session.started",
+            "presence.joined",
+            "presence.joined",
+            "connection.metadata.updated",
+            "presence.left"
+        ]
+    );
+    let left = &events[4].1;
+    assert_eq!(left["connection_id"], id.as_str());
+    assert_eq!(left["owner"], "alice");
+    assert_eq!(left["metadata"], json!({"name": "Alice", "muted": true}));
+    assert_eq!(left["reason"], "left");
+    assert_eq!(left["occupancy"], 1);
+    assert_eq!(left["actor"], "alice");
+    let profiles: i64 = redis::cmd("EXISTS")
+        .arg(app.state.redis_keys.room_profiles("lobby"))
+        .query_async(&mut app.state.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(profiles, 1, "the resident's profile stays");
+    let alices: Option<String> = redis::cmd("HGET")
+        .arg(app.state.redis_keys.room_profiles("lobby"))
+        .arg(format!("o:{id}"))
+        .query_async(&mut app.state.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(alices, None, "the leaver's profile went with it");
+}
+
+#[sqlx::test]
+async fn an_occupant_without_a_profile_still_leaves_and_is_still_guarded(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alice = app.token_for("alice", &[("lobby", &["join"])]);
+    let bob = app.token_for("bob", &[("lobby", &["join", "read"])]);
+    let a = app.connect(&alice).await;
+    let b = app.connect(&bob).await;
+    app.join(&alice, "lobby", &a).await;
+    app.join(&bob, "lobby", &b).await;
+    // As if both joined through a version that kept no profiles.
+    let _: () = redis::cmd("DEL")
+        .arg(app.state.redis_keys.room_profiles("lobby"))
+        .query_async(&mut app.state.redis.clone())
+        .await
+        .unwrap();
+
+    app.delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&bob)
+        .send()
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    let left = app
+        .delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT, "{left:?}");
+    app.delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&alice)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not-in-room");
+    // And the lease's end describes it from its connection too.
+    app.delete(&format!("/v1/connections/{b}"))
+        .bearer(&bob)
+        .send()
+        .await;
+
+    let left: Vec<Value> = app
+        .events("lobby")
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "presence.left")
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(
+        (&left[0]["owner"], &left[0]["metadata"], &left[0]["reason"]),
+        (&json!("alice"), &json!({}), &json!("left"))
+    );
+    assert_eq!(
+        (&left[1]["owner"], &left[1]["reason"], &left[1]["occupancy"]),
+        (&json!("bob"), &json!("disconnected"), &json!(0))
+    );
+}
+
+#[sqlx::test]
+async fn a_leave_that_is_not_the_last_reaches_the_leavers_own_stream(pool: PgPool) {
+    let mut settings = test_settings();
+    // Streams close and reopen here; none of them is the connection's end.
+    settings.presence.stream_grace = Duration::from_secs(600);
+    let app = TestApp::with_settings(pool, settings).await;
+    let base = app.listen().await;
+    let admin = app.admin();
+    let alice = app.token_for("alice", &[("lobby", &["join", "read"])]);
+    let resident = app.connect(&admin).await;
+    app.join(&admin, "lobby", &resident).await;
+    let id = app.connect(&alice).await;
+    app.join(&alice, "lobby", &id).await;
+
+    for _ in 0..5 {
+        let (status, stream) = crate::sse::open(
+            &format!("{base}/v1/connections/{id}/events"),
+            &[("authorization", &format!("Bearer {alice}"))],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let mut stream = stream.unwrap();
+        stream.expect("sync").await;
+        let left = app
+            .delete(&format!("/v1/rooms/lobby/connections/{id}"))
+            .bearer(&alice)
+            .send()
+            .await;
+        assert_eq!(left.status, StatusCode::NO_CONTENT, "{left:?}");
+        let frame = stream.expect("presence.left").await;
+        assert_eq!(frame.data["connection_id"], id.as_str());
+        app.patch("/v1/rooms/lobby/metadata")
+            .bearer(&admin)
+            .json(&json!({"after": true}))
+            .send()
+            .await;
+        stream.assert_quiet(Duration::from_millis(300)).await;
+        // In again, with the stream closed: the next round opens a new one.
+        drop(stream);
+        assert_eq!(
+            app.join(&alice, "lobby", &id).await.status,
+            StatusCode::CREATED
+        );
+    }
 }
