@@ -1021,6 +1021,64 @@ async fn a_join_whose_connection_ends_between_its_two_scripts_leaves_no_ghost(po
     );
 }
 
+/// The same race without a proxy, so it also runs on a Redis Cluster: the
+/// connection is left as its ATTACH leaves it (in its list of rooms, not
+/// yet a member), disconnected, then the join's JOIN arrives.
+#[sqlx::test]
+async fn a_join_script_arriving_after_its_connection_ended_adds_nobody(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alice = app.token_for("alice", &[("arena", &["join"])]);
+    let id = app.connect(&alice).await;
+    let keys = &app.state.redis_keys;
+    let mut redis = app.state.redis.clone();
+    let _: () = redis::cmd("HSET")
+        .arg(keys.connection_rooms(&id))
+        .arg("arena")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let disconnected = app
+        .delete(&format!("/v1/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(disconnected.status, StatusCode::NO_CONTENT);
+
+    let (status, occupancy, ..): (i64, i64, String, i64, i64) = metacast::cache::scripts::JOIN
+        .key(keys.room_members("arena"))
+        .key(keys.room_session("arena"))
+        .key(keys.room_events("arena"))
+        .key(keys.room_profiles("arena"))
+        .key(keys.room_departed("arena"))
+        .arg(&id)
+        .arg(uuid::Uuid::now_v7().to_string())
+        .arg(format!(r#"{{"connection_id":"{id}","owner":"alice""#))
+        .arg(r#""alice""#)
+        .arg("{}")
+        .arg(0)
+        .arg(100)
+        .arg(keys.events_channel())
+        .arg("arena")
+        .invoke_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!((status, occupancy), (-1, 0), "refused: it departed");
+    let members: i64 = redis::cmd("HLEN")
+        .arg(keys.room_members("arena"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(members, 0);
+    // Remembered for a while, not forever.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.room_departed("arena"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "{ttl}");
+}
+
 #[sqlx::test]
 async fn a_leave_reports_the_metadata_the_room_last_saw(pool: PgPool) {
     let app = TestApp::new(pool).await;
