@@ -18,6 +18,7 @@ use crate::auth::{Action, AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
 use crate::error::{Error, ProblemDetails};
 use crate::events::{self, Event};
 use crate::extract::Query;
+use crate::presence::occupancy::{Leave, Remover};
 use crate::presence::{connections, occupancy};
 use crate::state::AppState;
 
@@ -76,14 +77,24 @@ async fn join_room(
     State(state): State<AppState>,
 ) -> Result<Response, Error> {
     let user = &access.user;
-    let conn = authorize(
-        user,
+    let owner = (!user.permissions.admin).then_some(user.subject.as_str());
+    let (conn, joined) = occupancy::join(
+        &state,
+        &access.room,
         &id,
-        connections::load(&state, &id).await?,
-        |conn| owns(user, conn),
-        "only the connection's owner may join it to a room",
-    )?;
-    let joined = occupancy::join(&state, &access.room, &conn, &user.subject).await?;
+        owner,
+        |loaded| {
+            authorize(
+                user,
+                &id,
+                loaded,
+                |conn| owns(user, conn),
+                "only the connection's owner may join it to a room",
+            )
+        },
+        &user.subject,
+    )
+    .await?;
     let status = if joined.newly {
         StatusCode::CREATED
     } else {
@@ -124,11 +135,21 @@ async fn leave_room(
     ConnectionPath(id): ConnectionPath,
     State(state): State<AppState>,
 ) -> Result<StatusCode, Error> {
+    let moderates = user.permissions.allows(&room, Action::Moderate);
+    let caller = Remover::Caller {
+        subject: (!user.permissions.admin).then_some(user.subject.as_str()),
+        moderates,
+    };
+    if occupancy::leave(&state, room.as_str(), &id, caller, &user.subject).await? == Leave::Left {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    // Refused or not in the room: decided from the connection itself, as
+    // for any request on it (404 when the caller may not see it, else 403).
     let conn = authorize(
         &user,
         &id,
         connections::load(&state, &id).await?,
-        |conn| owns(&user, conn) || user.permissions.allows(&room, Action::Moderate),
+        |conn| owns(&user, conn) || moderates,
         &format!("only the connection's owner, or moderate on room {room}, may remove it"),
     )?;
     let reason = if owns(&user, &conn) {
@@ -136,23 +157,13 @@ async fn leave_room(
     } else {
         "evicted"
     };
-    let left = occupancy::leave(
-        &state,
-        room.as_str(),
-        &conn.id,
-        &conn.owner,
-        &conn.metadata,
-        reason,
-        &user.subject,
-    )
-    .await?;
-    if left {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(Error::not_found(
+    let allowed = Remover::Allowed(reason);
+    match occupancy::leave(&state, room.as_str(), &conn.id, allowed, &user.subject).await? {
+        Leave::Left => Ok(StatusCode::NO_CONTENT),
+        Leave::NotInRoom | Leave::Refused => Err(Error::not_found(
             "not-in-room",
             format!("connection {id} is not in room {room}"),
-        ))
+        )),
     }
 }
 

@@ -72,6 +72,20 @@ impl Keys {
         format!("{}{{room:{room}}}:members", self.prefix)
     }
 
+    /// Hash: each occupant's profile, what the room's events last said about
+    /// it: `o:<id>` its owner and `m:<id>` its metadata (JSON), `v:<id>` the
+    /// metadata's version.
+    pub fn room_profiles(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:profiles", self.prefix)
+    }
+
+    /// Sorted set: connections that ended while (maybe) on their way into
+    /// the room → when (ms); a join still in flight for one of them must not
+    /// add it. Pruned by age, and the key expires.
+    pub fn room_departed(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:departed", self.prefix)
+    }
+
     /// Hash: the room's active session: `id`, `started_at`, `peak`.
     pub fn room_session(&self, room: &str) -> String {
         format!("{}{{room:{room}}}:session", self.prefix)
@@ -119,6 +133,8 @@ mod tests {
         let keys = Keys::new("mc:");
         assert_eq!(keys.room_members("lobby"), "mc:{room:lobby}:members");
         assert_eq!(keys.room_session("lobby"), "mc:{room:lobby}:session");
+        assert_eq!(keys.room_profiles("lobby"), "mc:{room:lobby}:profiles");
+        assert_eq!(keys.room_departed("lobby"), "mc:{room:lobby}:departed");
         assert_eq!(keys.connection("c1"), "mc:{conn:c1}");
         assert_eq!(keys.connection_rooms("c1"), "mc:{conn:c1}:rooms");
     }

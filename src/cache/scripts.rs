@@ -105,20 +105,31 @@ return 1
 });
 
 /// KEYS: connection, its rooms, its events. ARGV: room, room quota, events
-/// channel, the connection's topic.
-/// → 1 attached, 0 already there, -1 connection gone, -2 over quota.
+/// channel, the connection's topic, `1` when only `subject` may attach it
+/// (`0`: an admin, who acts for every owner), subject.
+/// → {status, the connection's fields, its rooms}, both as they were before:
+/// 1 attached, 0 already there, -1 connection gone, -2 over quota, -3 not
+/// the subject's (nothing changed).
 /// Records a `membership.joined` marker for the connection's own stream.
+///
+/// One round trip both loads the connection (the caller decides 404 or 403
+/// from the fields, as for any connection) and attaches it when the caller
+/// owns it.
 pub static ATTACH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
-if not is_alive(KEYS[1], now) then return -1 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
+local fields = redis.call('HGETALL', KEYS[1])
+local rooms = redis.call('HGETALL', KEYS[2])
+local function answer(status) return {status, fields, rooms} end
+if not is_alive(KEYS[1], now) then return answer(-1) end
+if ARGV[5] == '1' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[6] then return answer(-3) end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return answer(0) end
+if #rooms / 2 >= tonumber(ARGV[2]) then return answer(-2) end
 redis.call('HSET', KEYS[2], ARGV[1], now)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'type', 'membership.joined', 'data', ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
+return answer(1)
 "#,
     )
 });
@@ -137,23 +148,35 @@ return 1
     )
 });
 
-/// KEYS: room members, room session, room events. ARGV: connection id,
-/// candidate session id, presence.joined payload without its closing brace,
-/// history length, events channel, room id.
-/// → {joined (1) or already (0), occupancy, session id, started (1/0), joined_at}.
+// An occupant's profile (`o:<id>` its owner and `m:<id>` its metadata as
+// JSON, `v:<id>` the metadata's version) is what the room's events last
+// said about it: a leave describes and authorizes the occupant from it,
+// without first reading the connection's keys in another slot.
+
+/// KEYS: room members, room session, room events, room profiles, room
+/// departed. ARGV: connection id, candidate session id, presence.joined
+/// payload without metadata and closing brace, owner (JSON), metadata
+/// (JSON), metadata version, history length, events channel, room id.
+/// → {joined (1), already a member (0) or departed (-1), occupancy, session
+/// id, started (1/0), joined_at}.
 ///
 /// First in starts the session. A join that does not start one records its
 /// `presence.joined` here, atomically; the starter's is recorded after the
 /// session is durable, so `session.started` comes first.
+///
+/// A departed connection ended after its ATTACH, and its leave of this
+/// room ran before this join: adding it now would leave a ghost.
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return {-1, 0, '', 0, 0} end
 local joined_at = redis.call('HGET', KEYS[1], ARGV[1])
 if joined_at then
   return {0, redis.call('HLEN', KEYS[1]), redis.call('HGET', KEYS[2], 'id') or '', 0, tonumber(joined_at)}
 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], ARGV[1], now)
+redis.call('HSET', KEYS[4], 'o:' .. ARGV[1], ARGV[4], 'm:' .. ARGV[1], ARGV[5], 'v:' .. ARGV[1], ARGV[6])
 local n = redis.call('HLEN', KEYS[1])
 local sid = redis.call('HGET', KEYS[2], 'id')
 if not sid then
@@ -163,30 +186,67 @@ end
 if n > tonumber(redis.call('HGET', KEYS[2], 'peak') or '0') then
   redis.call('HSET', KEYS[2], 'peak', n)
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
-  'type', 'presence.joined', 'data', ARGV[3] .. ',"occupancy":' .. n .. '}')
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'presence.joined',
+  'data', ARGV[3] .. ',"metadata":' .. ARGV[5] .. ',"occupancy":' .. n .. '}')
+redis.call('PUBLISH', ARGV[8], ARGV[9])
 return {1, n, sid, 0, now}
 "#,
     )
 });
 
-/// KEYS: room members, room session, room events. ARGV: connection id,
-/// presence.left payload without its closing brace (empty: record nothing),
-/// history length, events channel, room id.
-/// → {left (1) or not a member (0), occupancy, ended session id, peak}.
+/// KEYS: room members, room session, room events, room profiles, room
+/// departed. ARGV:
+/// 1. connection id;
+/// 2. presence.left payload without owner, metadata, reason and closing
+///    brace (empty: record nothing);
+/// 3. the caller's subject as JSON, to match the owner (empty: a caller
+///    acting for every owner);
+/// 4. the reason when the caller owns it;
+/// 5. the reason when it does not but may evict (empty: it may not);
+/// 6. how long (ms) to remember the connection as departed when it is not
+///    a member (empty: it is not ending);
+/// 7. and 8. owner and metadata (JSON) for an occupant without a profile
+///    (empty: refuse it);
+/// 9. history length, 10. events channel, 11. room id.
+///
+/// → {1, occupancy[, ended session id, peak]} left, {0, occupancy} not a
+/// member, {-1} refused (not the caller's to remove, or no profile): nothing
+/// changed.
 ///
 /// Last out ends the session; only the caller whose HDEL removed the member
 /// records `presence.left`, so it happens exactly once.
 pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return {0, redis.call('HLEN', KEYS[1])} end
+local id = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], id) == 0 then
+  if ARGV[6] ~= '' then
+    local now = now_ms()
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[6]))
+    redis.call('ZADD', KEYS[5], now, id)
+    redis.call('PEXPIRE', KEYS[5], ARGV[6])
+  end
+  return {0, redis.call('HLEN', KEYS[1])}
+end
+local profile = redis.call('HMGET', KEYS[4], 'o:' .. id, 'm:' .. id)
+local owner, metadata = profile[1], profile[2]
+if not owner then
+  if ARGV[7] == '' then return {-1} end
+  owner, metadata = ARGV[7], ARGV[8]
+end
+local reason = ARGV[4]
+if ARGV[3] ~= '' and ARGV[3] ~= owner then
+  reason = ARGV[5]
+  if reason == '' then return {-1} end
+end
+redis.call('HDEL', KEYS[1], id)
+redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id)
 local n = redis.call('HLEN', KEYS[1])
 if ARGV[2] ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
-    'type', 'presence.left', 'data', ARGV[2] .. ',"occupancy":' .. n .. '}')
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'type', 'presence.left',
+    'data', ARGV[2] .. ',"owner":' .. owner .. ',"metadata":' .. metadata
+      .. ',"reason":"' .. reason .. '","occupancy":' .. n .. '}')
+  redis.call('PUBLISH', ARGV[10], ARGV[11])
 end
 if n == 0 then
   local s = redis.call('HMGET', KEYS[2], 'id', 'peak')
@@ -194,6 +254,26 @@ if n == 0 then
   if s[1] then return {1, 0, s[1], tonumber(s[2] or '0')} end
 end
 return {1, n}
+"#,
+    )
+});
+
+/// KEYS: room events, room profiles. ARGV: history length,
+/// connection.metadata.updated payload without metadata and closing brace,
+/// metadata (JSON), its version, connection id, events channel, room id.
+/// Records the change in the room and, for an occupant, in its profile
+/// (unless a later version is already there).
+pub static OCCUPANT_METADATA: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'connection.metadata.updated',
+  'data', ARGV[2] .. ',"metadata":' .. ARGV[3] .. '}')
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+local held = redis.call('HGET', KEYS[2], 'v:' .. ARGV[5])
+if held and tonumber(held) < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[2], 'm:' .. ARGV[5], ARGV[3], 'v:' .. ARGV[5], ARGV[4])
+end
+return 1
 "#,
     )
 });
@@ -215,18 +295,18 @@ return ids
 });
 
 /// KEYS: connection, its rooms. ARGV: force (1: end it even if its lease runs).
-/// → {'alive', expires_at} or {'dead', owner, metadata, rooms…}. Marks the
-/// connection dead first, so no join or heartbeat can revive it meanwhile.
+/// → {'alive', expires_at} or {'dead', owner, rooms…}. Marks the connection
+/// dead first, so no join or heartbeat can revive it meanwhile.
 pub static BEGIN_REAP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
-local f = redis.call('HMGET', KEYS[1], 'state', 'expires_at', 'owner', 'metadata')
+local f = redis.call('HMGET', KEYS[1], 'state', 'expires_at', 'owner')
 if ARGV[1] == '0' and f[1] == 'live' and tonumber(f[2]) > now then
   return {'alive', f[2]}
 end
 if f[1] == 'live' then redis.call('HSET', KEYS[1], 'state', 'dead') end
-local out = {'dead', f[3] or '', f[4] or '{}'}
+local out = {'dead', f[3] or ''}
 for _, room in ipairs(redis.call('HKEYS', KEYS[2])) do table.insert(out, room) end
 return out
 "#,

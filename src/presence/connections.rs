@@ -33,7 +33,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn from_redis(
+    /// The connection from its hash and its rooms hash; `None` unless live.
+    pub(super) fn from_redis(
         id: &str,
         fields: HashMap<String, String>,
         rooms: HashMap<String, i64>,
@@ -218,21 +219,9 @@ pub async fn write_metadata(
 }
 
 /// Metadata changes appear on the connection's own stream and on each of
-/// its rooms' streams.
+/// its rooms' streams, where they also update the room's profile of it.
 async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Write, actor: &str) {
-    let own = Event::metadata_updated(
-        "connection.metadata.updated",
-        "",
-        actor,
-        conn.version,
-        &conn.metadata,
-        write,
-        Some(("connection_id", &conn.id)),
-    );
-    let mut own = own.for_connection(&conn.id);
-    own.data["room"] = Value::Null;
-    let mut events: Vec<Event> = vec![own];
-    events.extend(conn.rooms.keys().map(|room| {
+    let updated = |room: &str| {
         Event::metadata_updated(
             "connection.metadata.updated",
             room,
@@ -242,8 +231,38 @@ async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Wr
             write,
             Some(("connection_id", &conn.id)),
         )
-    }));
-    events::publish(state, &events).await;
+    };
+    let mut own = updated("").for_connection(&conn.id);
+    own.data["room"] = Value::Null;
+    events::publish(state, &[own]).await;
+
+    let keys = &state.redis_keys;
+    let metadata = conn.metadata.to_string();
+    let mut redis = state.redis.clone();
+    for room in conn.rooms.keys() {
+        let mut event = updated(room);
+        // The script adds the document: sent once, for the event and the profile.
+        if let Value::Object(data) = &mut event.data {
+            data.remove("metadata");
+        }
+        let recorded = scripts::OCCUPANT_METADATA
+            .key(keys.room_events(room))
+            .key(keys.room_profiles(room))
+            .arg(state.settings.presence.event_history)
+            .arg(event.open_payload())
+            .arg(&metadata)
+            .arg(conn.version)
+            .arg(&conn.id)
+            .arg(keys.events_channel())
+            .arg(room)
+            .invoke_async::<()>(&mut redis)
+            .await;
+        // Logged, not returned, as `events::publish` does: the write has
+        // happened, and streams resync after a Redis outage.
+        if let Err(err) = recorded {
+            tracing::warn!(error = %err, event = event.kind, room, "event not appended to Redis");
+        }
+    }
 }
 
 /// Ends a connection: it leaves every room (`presence.left` with `reason`,
@@ -283,12 +302,8 @@ pub async fn end(
         _ => return Err(anyhow::anyhow!("unexpected BEGIN_REAP reply").into()),
     }
     let owner = reply.next().unwrap_or_default();
-    let metadata: Value = reply
-        .next()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
     for room in reply {
-        occupancy::leave(state, &room, id, &owner, &metadata, reason, actor).await?;
+        occupancy::leave(state, &room, id, occupancy::Remover::Ending(reason), actor).await?;
     }
     // The connection's own keys share a slot; each index is a key of its
     // own (and slot, on a Redis Cluster): one command each, sent together.

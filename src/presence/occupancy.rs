@@ -1,21 +1,37 @@
 //! Occupancy: which connections are in which room. The first join into an
 //! empty room starts a session and the last leave ends it, decided by one Lua
 //! script per transition on the room's keys.
+//!
+//! Each costs two Redis round trips when no session starts or ends: a join
+//! is ATTACH on the connection's keys (which also loads the connection for
+//! the permission check) then JOIN on the room's; a leave is LEAVE on the
+//! room's keys (which judges the caller by the occupant's profile there)
+//! then DETACH on the connection's. DETACH comes last: the connection's own
+//! stream stops following the room at its marker, so by then the room's
+//! stream must hold the `presence.left` and any `session.ended` the leave
+//! caused.
 
+use std::cmp::max;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
-use super::connections::{Connection, millis};
+use super::connections::{Connection, millis, not_found};
 use super::sessions;
 use crate::cache::{Keys, scripts};
 use crate::error::Error;
-use crate::events::{self, Event, SYSTEM_ACTOR};
+use crate::events::{self, Event};
 use crate::ids::RoomId;
 use crate::state::AppState;
+
+/// A room remembers a departed connection at least this long: any join of
+/// it still in flight (its request runs within the request timeout) has
+/// reached Redis long before.
+const DEPARTED_RETENTION: Duration = Duration::from_secs(600);
 
 /// The result of a join.
 #[derive(Debug, Clone)]
@@ -27,28 +43,39 @@ pub struct Joined {
     pub joined_at: DateTime<Utc>,
 }
 
-/// Joins `conn` to `room`. Returns once a session it started is durable.
+/// Joins connection `id` to `room` for a caller that must own it (`owner`;
+/// `None` for an admin, who owns every connection). `authorize` decides from
+/// the connection as loaded (`None`: it does not exist) whether the caller
+/// may join it, as for any request on a connection; the connection was only
+/// attached if `owner` owns it. Returns once a session it started is durable.
 pub async fn join(
     state: &AppState,
     room: &RoomId,
-    conn: &Connection,
+    id: &str,
+    owner: Option<&str>,
+    authorize: impl FnOnce(Option<Connection>) -> Result<Connection, Error>,
     actor: &str,
-) -> Result<Joined, Error> {
+) -> Result<(Connection, Joined), Error> {
     let keys = &state.redis_keys;
     let presence = &state.settings.presence;
     let mut redis = state.redis.clone();
-    let attached: i64 = scripts::ATTACH
-        .key(keys.connection(&conn.id))
-        .key(keys.connection_rooms(&conn.id))
-        .key(keys.connection_events(&conn.id))
-        .arg(room.as_str())
-        .arg(presence.max_rooms_per_connection)
-        .arg(keys.events_channel())
-        .arg(Keys::connection_topic(&conn.id))
-        .invoke_async(&mut redis)
-        .await?;
+    let (attached, fields, rooms): (i64, HashMap<String, String>, HashMap<String, i64>) =
+        scripts::ATTACH
+            .key(keys.connection(id))
+            .key(keys.connection_rooms(id))
+            .key(keys.connection_events(id))
+            .arg(room.as_str())
+            .arg(presence.max_rooms_per_connection)
+            .arg(keys.events_channel())
+            .arg(Keys::connection_topic(id))
+            .arg(if owner.is_some() { "1" } else { "0" })
+            .arg(owner.unwrap_or_default())
+            .invoke_async(&mut redis)
+            .await?;
+    let conn = authorize(Connection::from_redis(id, fields, rooms))?;
     match attached {
-        -1 => return Err(super::connections::not_found(&conn.id)),
+        0 | 1 => {}
+        -1 => return Err(not_found(id)),
         -2 => {
             return Err(Error::client(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -59,48 +86,37 @@ pub async fn join(
                 ),
             ));
         }
-        _ => {}
+        // -3, not the caller's: what `authorize` has just refused.
+        other => return Err(anyhow::anyhow!("unexpected ATTACH answer {other}").into()),
     }
-    let joined_event = Event::new(
+    let mut joined_event = Event::new(
         "presence.joined",
         room.as_str(),
         actor,
-        json!({"connection_id": conn.id, "owner": conn.owner, "metadata": conn.metadata}),
+        json!({"connection_id": conn.id, "owner": conn.owner}),
     );
     let candidate = Uuid::now_v7();
-    let (newly, occupancy, session_id, started, joined_at): (i64, i64, String, i64, i64) =
+    let (status, occupancy, session_id, started, joined_at): (i64, i64, String, i64, i64) =
         scripts::JOIN
             .key(keys.room_members(room.as_str()))
             .key(keys.room_session(room.as_str()))
             .key(keys.room_events(room.as_str()))
+            .key(keys.room_profiles(room.as_str()))
+            .key(keys.room_departed(room.as_str()))
             .arg(&conn.id)
             .arg(candidate.to_string())
             .arg(joined_event.open_payload())
+            .arg(serde_json::to_string(&conn.owner).map_err(anyhow::Error::from)?)
+            .arg(conn.metadata.to_string())
+            .arg(conn.version)
             .arg(presence.event_history)
             .arg(keys.events_channel())
             .arg(room.as_str())
             .invoke_async(&mut redis)
             .await?;
-
-    // A sweeper may have ended the connection between ATTACH and JOIN and
-    // missed this room: then the join must not leave a ghost behind.
-    let connection_state: Option<String> = redis::cmd("HGET")
-        .arg(keys.connection(&conn.id))
-        .arg("state")
-        .query_async(&mut redis)
-        .await?;
-    if connection_state.as_deref() != Some("live") {
-        leave(
-            state,
-            room.as_str(),
-            &conn.id,
-            &conn.owner,
-            &conn.metadata,
-            "expired",
-            SYSTEM_ACTOR,
-        )
-        .await?;
-        return Err(super::connections::not_found(&conn.id));
+    if status == -1 {
+        // It ended after ATTACH, and its leave of this room came first.
+        return Err(not_found(&conn.id));
     }
 
     if started == 1 {
@@ -113,7 +129,7 @@ pub async fn join(
         let session_id = candidate;
         match sessions::start(state, room, session_id, millis(joined_at), occupancy, actor).await {
             Ok(mut durable) => {
-                let mut joined_event = joined_event;
+                joined_event.data["metadata"] = conn.metadata.clone();
                 joined_event.data["occupancy"] = occupancy.into();
                 durable.push(joined_event);
                 events::publish(state, &durable).await;
@@ -125,17 +141,26 @@ pub async fn join(
             }
         }
     }
-    Ok(Joined {
-        newly: newly == 1,
+    let joined = Joined {
+        newly: status == 1,
         occupancy,
         session_id,
         joined_at: millis(joined_at),
-    })
+    };
+    Ok((conn, joined))
 }
 
 async fn undo_join(state: &AppState, room: &str, connection_id: &str) {
     let undone = async {
-        let outcome = leave_script(state, room, connection_id, "").await?;
+        let outcome = leave_script(
+            state,
+            room,
+            connection_id,
+            "",
+            Remover::Allowed("left"),
+            None,
+        )
+        .await?;
         detach(state, room, connection_id).await?;
         if outcome.ended.is_some() {
             let mut redis = state.redis.clone();
@@ -152,39 +177,118 @@ async fn undo_join(state: &AppState, room: &str, connection_id: &str) {
     }
 }
 
+/// Who removes a connection from a room, which decides the `reason` of its
+/// `presence.left`.
+#[derive(Debug, Clone, Copy)]
+pub enum Remover<'a> {
+    /// A request's caller, judged by the LEAVE script from the occupant's
+    /// profile: its owner leaves (`left`; `subject` is `None` for an admin,
+    /// who owns every connection), anyone else evicts (`evicted`) only if it
+    /// `moderates` the room. Refused or not in the room, nothing changes.
+    Caller {
+        subject: Option<&'a str>,
+        moderates: bool,
+    },
+    /// One already allowed to remove it, with the reason.
+    Allowed(&'static str),
+    /// The connection itself is ending, with the reason: a join of it still
+    /// on its way into the room is refused from now on.
+    Ending(&'static str),
+}
+
+/// What a leave did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    Left,
+    NotInRoom,
+    /// Not the caller's to remove, or the occupant has no profile to judge
+    /// by (it joined through an older version); nothing changed.
+    Refused,
+}
+
 struct LeaveOutcome {
-    left: bool,
+    /// -1 refused, 0 not a member, 1 left.
+    status: i64,
     /// The session this leave ended, with its peak occupancy.
     ended: Option<(String, i64)>,
 }
+
+/// Owner and metadata (JSON) of an occupant without a profile.
+type Description = (String, String);
 
 async fn leave_script(
     state: &AppState,
     room: &str,
     connection_id: &str,
     payload: &str,
+    remover: Remover<'_>,
+    described: Option<&Description>,
 ) -> Result<LeaveOutcome, Error> {
     let keys = &state.redis_keys;
+    let (subject, reason, evict_reason, departed_ms) = match remover {
+        Remover::Caller { subject, moderates } => (
+            subject
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(anyhow::Error::from)?
+                .unwrap_or_default(),
+            "left",
+            if moderates { "evicted" } else { "" },
+            None,
+        ),
+        Remover::Allowed(reason) => (String::new(), reason, "", None),
+        Remover::Ending(reason) => (
+            String::new(),
+            reason,
+            "",
+            Some(max(DEPARTED_RETENTION, 2 * state.settings.request_timeout).as_millis()),
+        ),
+    };
+    let (owner, metadata) = described.map_or(("", ""), |(o, m)| (o.as_str(), m.as_str()));
     let mut redis = state.redis.clone();
     let reply: Vec<redis::Value> = scripts::LEAVE
         .key(keys.room_members(room))
         .key(keys.room_session(room))
         .key(keys.room_events(room))
+        .key(keys.room_profiles(room))
+        .key(keys.room_departed(room))
         .arg(connection_id)
         .arg(payload)
+        .arg(subject)
+        .arg(reason)
+        .arg(evict_reason)
+        .arg(departed_ms.map(|ms| ms.to_string()).unwrap_or_default())
+        .arg(owner)
+        .arg(metadata)
         .arg(state.settings.presence.event_history)
         .arg(keys.events_channel())
         .arg(room)
         .invoke_async(&mut redis)
         .await?;
-    let left = matches!(reply.first(), Some(redis::Value::Int(1)));
+    let status = match reply.first() {
+        Some(redis::Value::Int(status)) => *status,
+        _ => return Err(anyhow::anyhow!("unexpected LEAVE answer {reply:?}").into()),
+    };
     let ended = match (reply.get(2), reply.get(3)) {
         (Some(id), Some(redis::Value::Int(peak))) => redis::from_redis_value_ref::<String>(id)
             .ok()
             .map(|id| (id, *peak)),
         _ => None,
     };
-    Ok(LeaveOutcome { left, ended })
+    Ok(LeaveOutcome { status, ended })
+}
+
+/// Owner and metadata of a connection, from its own keys.
+async fn describe(state: &AppState, connection_id: &str) -> Result<Description, Error> {
+    let mut redis = state.redis.clone();
+    let (owner, metadata): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(state.redis_keys.connection(connection_id))
+        .arg("owner")
+        .arg("metadata")
+        .query_async(&mut redis)
+        .await?;
+    let owner = serde_json::to_string(&owner.unwrap_or_default()).map_err(anyhow::Error::from)?;
+    Ok((owner, metadata.unwrap_or_else(|| "{}".to_owned())))
 }
 
 async fn detach(state: &AppState, room: &str, connection_id: &str) -> Result<(), Error> {
@@ -201,34 +305,46 @@ async fn detach(state: &AppState, room: &str, connection_id: &str) -> Result<(),
     Ok(())
 }
 
-/// Removes a connection from a room, recording `presence.left` with
-/// `reason`; the last one out ends the session durably before this returns.
-/// Returns false when the connection was not in the room.
+/// Removes connection `id` from `room`, recording `presence.left` with its
+/// owner and metadata from the room's profile of it; the last one out ends
+/// the session durably before this returns.
 pub async fn leave(
     state: &AppState,
     room: &str,
-    connection_id: &str,
-    owner: &str,
-    metadata: &Value,
-    reason: &'static str,
+    id: &str,
+    remover: Remover<'_>,
     actor: &str,
-) -> Result<bool, Error> {
-    let left_event = Event::new(
-        "presence.left",
-        room,
-        actor,
-        json!({"connection_id": connection_id, "owner": owner, "metadata": metadata, "reason": reason}),
-    );
-    let outcome = leave_script(state, room, connection_id, &left_event.open_payload()).await?;
+) -> Result<Leave, Error> {
+    let left_event = Event::new("presence.left", room, actor, json!({"connection_id": id}));
+    let payload = left_event.open_payload();
+    let caller = matches!(remover, Remover::Caller { .. });
+    let mut outcome = leave_script(state, room, id, &payload, remover, None).await?;
+    if outcome.status == -1 && !caller {
+        // Only an occupant without a profile refuses one who is allowed.
+        let described = describe(state, id).await?;
+        outcome = leave_script(state, room, id, &payload, remover, Some(&described)).await?;
+    }
+    match outcome.status {
+        -1 => return Ok(Leave::Refused),
+        // Its caller is not authorized yet: nothing changes.
+        0 if caller => return Ok(Leave::NotInRoom),
+        _ => {}
+    }
     let ended = match outcome.ended {
         Some((session_id, peak)) => end_session(state, room, &session_id, peak, actor).await,
         None => Ok(()),
     };
     // Detached last, so the connection's own stream, which stops following
-    // the room here, has seen the session end its leave caused.
-    detach(state, room, connection_id).await?;
+    // the room here, has seen the `presence.left` and the session end its
+    // leave caused. Also when it was not a member: a rooms entry left by a
+    // failed join goes too.
+    detach(state, room, id).await?;
     ended?;
-    Ok(outcome.left)
+    Ok(if outcome.status == 1 {
+        Leave::Left
+    } else {
+        Leave::NotInRoom
+    })
 }
 
 async fn end_session(
@@ -254,32 +370,13 @@ async fn end_session(
 /// Evicts every occupant (`presence.left`, reason `evicted`) and ends the
 /// session, including one Postgres still holds open with nobody in Redis.
 pub async fn evict_all(state: &AppState, room: &str, actor: &str) -> Result<(), Error> {
-    let keys = &state.redis_keys;
     let mut redis = state.redis.clone();
     let members: Vec<String> = redis::cmd("HKEYS")
-        .arg(keys.room_members(room))
+        .arg(state.redis_keys.room_members(room))
         .query_async(&mut redis)
         .await?;
     for id in members {
-        let (owner, metadata): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(keys.connection(&id))
-            .arg("owner")
-            .arg("metadata")
-            .query_async(&mut redis)
-            .await?;
-        let metadata = metadata
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default();
-        leave(
-            state,
-            room,
-            &id,
-            &owner.unwrap_or_default(),
-            &metadata,
-            "evicted",
-            actor,
-        )
-        .await?;
+        leave(state, room, &id, Remover::Allowed("evicted"), actor).await?;
     }
     let stale = sessions::end_open(state, room, actor).await?;
     events::publish(state, &stale).await;

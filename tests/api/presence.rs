@@ -1,12 +1,21 @@
 //! Presence and sessions: joins and leaves decide first-in/last-out exactly
 //! once, across instances, with the events recorded in order.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
 use futures_util::future::join_all;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tower::ServiceExt;
 
 use crate::helpers::{TestApp, test_settings};
 
@@ -787,4 +796,459 @@ async fn room_metadata_writes_record_their_events(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(outbox, 3, "durable changes are in the outbox too");
+}
+
+/// A TCP proxy between an app and its Redis that counts round trips: the
+/// times the app starts sending after it has had an answer, however the
+/// kernel splits its bytes. It can also hold one round trip back.
+struct RedisProxy {
+    url: String,
+    trips: Arc<AtomicUsize>,
+    /// The round trip (1-based, counted since the last reset) to hold back
+    /// until `release`; 0 holds none.
+    hold: Arc<AtomicUsize>,
+    held: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl RedisProxy {
+    async fn start(redis_url: &str) -> Self {
+        let upstream = match redis::Client::open(redis_url)
+            .unwrap()
+            .get_connection_info()
+            .addr()
+        {
+            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+            other => panic!("a TCP Redis is needed, not {other:?}"),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            // The test Redis needs no password (as for every test here).
+            url: format!("redis://{}", listener.local_addr().unwrap()),
+            trips: Arc::default(),
+            hold: Arc::default(),
+            held: Arc::default(),
+            release: Arc::default(),
+        };
+        let (trips, hold, held, release) = (
+            proxy.trips.clone(),
+            proxy.hold.clone(),
+            proxy.held.clone(),
+            proxy.release.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = TcpStream::connect(&upstream).await.unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let answered = Arc::new(AtomicBool::new(true));
+                let (trips, hold, held, release) =
+                    (trips.clone(), hold.clone(), held.clone(), release.clone());
+                let waiting = answered.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
+                        if waiting.swap(false, Ordering::SeqCst) {
+                            let trip = trips.fetch_add(1, Ordering::SeqCst) + 1;
+                            if trip == hold.load(Ordering::SeqCst) {
+                                held.notify_one();
+                                release.notified().await;
+                            }
+                        }
+                        if to_server.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(n @ 1..) = from_server.read(&mut buffer).await {
+                        // Before the client sees the answer, so its next
+                        // command counts as a new round trip.
+                        answered.store(true, Ordering::SeqCst);
+                        if to_client.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    /// The round trips since the last call.
+    fn take(&self) -> usize {
+        self.trips.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// A router on `app`'s database and Redis prefix whose Redis traffic goes
+/// through `proxy` (the app itself keeps its direct connection, and cleans
+/// up the prefix when dropped).
+fn proxied_router(app: &TestApp, proxy: &RedisProxy) -> Router {
+    let mut settings = (*app.state.settings).clone();
+    settings.redis_url = proxy.url.clone().into();
+    let redis = metacast::cache::connect(&settings).unwrap();
+    let state = metacast::app::build_state(settings, app.state.db.clone(), redis).unwrap();
+    metacast::api::router(state)
+}
+
+async fn send(router: &Router, method: Method, uri: &str, token: &str) -> StatusCode {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    router.clone().oneshot(request).await.unwrap().status()
+}
+
+/// On a Redis Cluster the client talks to every master directly, past any
+/// proxy in front of the seed node: these counts are single-server ones.
+fn on_a_cluster(app: &TestApp) -> bool {
+    if app.state.settings.redis_cluster {
+        println!("skipped on a Redis Cluster: the proxy sees one node only");
+    }
+    app.state.settings.redis_cluster
+}
+
+#[sqlx::test]
+async fn a_join_and_a_leave_take_two_redis_round_trips_each(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    if on_a_cluster(&app) {
+        return;
+    }
+    let proxy = RedisProxy::start(app.state.settings.redis_url.expose_secret()).await;
+    let router = proxied_router(&app, &proxy);
+    // As in benchmark R3: a resident keeps the session open, and a caller
+    // who is not an admin moves its own connection in and out.
+    let admin = app.admin();
+    let resident = app.connect(&admin).await;
+    app.join(&admin, "arena", &resident).await;
+    let alice = app.token_for("alice", &[("arena", &["join"])]);
+    let mover = app.connect(&alice).await;
+    let uri = format!("/v1/rooms/arena/connections/{mover}");
+    // Warm-up: the Redis connection is made and the scripts are loaded.
+    assert_eq!(
+        send(&router, Method::PUT, &uri, &alice).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&router, Method::DELETE, &uri, &alice).await,
+        StatusCode::NO_CONTENT
+    );
+
+    for _ in 0..3 {
+        proxy.take();
+        assert_eq!(
+            send(&router, Method::PUT, &uri, &alice).await,
+            StatusCode::CREATED
+        );
+        assert_eq!(proxy.take(), 2, "a join: ATTACH, then JOIN");
+        assert_eq!(
+            send(&router, Method::DELETE, &uri, &alice).await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(proxy.take(), 2, "a leave: LEAVE, then DETACH");
+    }
+}
+
+#[sqlx::test]
+async fn a_join_whose_connection_ends_between_its_two_scripts_leaves_no_ghost(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    if on_a_cluster(&app) {
+        return;
+    }
+    let proxy = RedisProxy::start(app.state.settings.redis_url.expose_secret()).await;
+    let router = proxied_router(&app, &proxy);
+    let alice = app.token_for(
+        "alice",
+        &[("arena", &["join", "read"]), ("warm-up", &["join"])],
+    );
+    app.create_room("arena", json!({})).await;
+    let warm_up = app.connect(&alice).await;
+    let uri = format!("/v1/rooms/warm-up/connections/{warm_up}");
+    assert_eq!(
+        send(&router, Method::PUT, &uri, &alice).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&router, Method::DELETE, &uri, &alice).await,
+        StatusCode::NO_CONTENT
+    );
+
+    // The join's ATTACH goes through; its JOIN waits while the connection
+    // is disconnected, which leaves every room it is attached to, this one
+    // included (where it is not a member yet).
+    let id = app.connect(&alice).await;
+    proxy.take();
+    proxy.hold.store(2, Ordering::SeqCst);
+    let join = tokio::spawn({
+        let (router, alice) = (router.clone(), alice.clone());
+        let uri = format!("/v1/rooms/arena/connections/{id}");
+        async move { send(&router, Method::PUT, &uri, &alice).await }
+    });
+    proxy.held.notified().await;
+    let disconnected = app
+        .delete(&format!("/v1/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(disconnected.status, StatusCode::NO_CONTENT);
+    proxy.release.notify_one();
+
+    assert_eq!(
+        join.await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "the connection is gone"
+    );
+    let room = app
+        .get("/v1/rooms/arena")
+        .bearer(&alice)
+        .send()
+        .await
+        .json();
+    assert_eq!(room["occupancy"], 0, "no ghost: {room}");
+    assert_eq!(room["session"], Value::Null, "{room}");
+    assert!(
+        session_rows(&app, "arena").await.is_empty(),
+        "no session started"
+    );
+    assert_eq!(
+        kinds(&app.events("arena").await),
+        ["room.metadata.updated"],
+        "nobody was told of a join"
+    );
+}
+
+/// The same race without a proxy, so it also runs on a Redis Cluster: the
+/// connection is left as its ATTACH leaves it (in its list of rooms, not
+/// yet a member), disconnected, then the join's JOIN arrives.
+#[sqlx::test]
+async fn a_join_script_arriving_after_its_connection_ended_adds_nobody(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alice = app.token_for("alice", &[("arena", &["join"])]);
+    let id = app.connect(&alice).await;
+    let keys = &app.state.redis_keys;
+    let mut redis = app.state.redis.clone();
+    let _: () = redis::cmd("HSET")
+        .arg(keys.connection_rooms(&id))
+        .arg("arena")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let disconnected = app
+        .delete(&format!("/v1/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(disconnected.status, StatusCode::NO_CONTENT);
+
+    let (status, occupancy, ..): (i64, i64, String, i64, i64) = metacast::cache::scripts::JOIN
+        .key(keys.room_members("arena"))
+        .key(keys.room_session("arena"))
+        .key(keys.room_events("arena"))
+        .key(keys.room_profiles("arena"))
+        .key(keys.room_departed("arena"))
+        .arg(&id)
+        .arg(uuid::Uuid::now_v7().to_string())
+        .arg(format!(r#"{{"connection_id":"{id}","owner":"alice""#))
+        .arg(r#""alice""#)
+        .arg("{}")
+        .arg(0)
+        .arg(100)
+        .arg(keys.events_channel())
+        .arg("arena")
+        .invoke_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!((status, occupancy), (-1, 0), "refused: it departed");
+    let members: i64 = redis::cmd("HLEN")
+        .arg(keys.room_members("arena"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(members, 0);
+    // Remembered for a while, not forever.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.room_departed("arena"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "{ttl}");
+}
+
+#[sqlx::test]
+async fn a_leave_reports_the_metadata_the_room_last_saw(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    let alice = app.token(
+        "alice",
+        metacast::auth::MetacastClaim {
+            own_metadata: true,
+            rooms: [("lobby".to_owned(), vec!["join".to_owned()])].into(),
+            ..Default::default()
+        },
+    );
+    let resident = app.connect(&admin).await;
+    app.join(&admin, "lobby", &resident).await;
+    let id = app
+        .post("/v1/connections")
+        .bearer(&alice)
+        .json(&json!({"metadata": {"name": "Alice"}}))
+        .send()
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.join(&alice, "lobby", &id).await;
+    let patched = app
+        .patch(&format!("/v1/connections/{id}/metadata"))
+        .bearer(&alice)
+        .json(&json!({"muted": true}))
+        .send()
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{patched:?}");
+    let left = app
+        .delete(&format!("/v1/rooms/lobby/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT, "{left:?}");
+
+    let events = app.events("lobby").await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "session.started",
+            "presence.joined",
+            "presence.joined",
+            "connection.metadata.updated",
+            "presence.left"
+        ]
+    );
+    let left = &events[4].1;
+    assert_eq!(left["connection_id"], id.as_str());
+    assert_eq!(left["owner"], "alice");
+    assert_eq!(left["metadata"], json!({"name": "Alice", "muted": true}));
+    assert_eq!(left["reason"], "left");
+    assert_eq!(left["occupancy"], 1);
+    assert_eq!(left["actor"], "alice");
+    let profiles: i64 = redis::cmd("EXISTS")
+        .arg(app.state.redis_keys.room_profiles("lobby"))
+        .query_async(&mut app.state.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(profiles, 1, "the resident's profile stays");
+    let alices: Option<String> = redis::cmd("HGET")
+        .arg(app.state.redis_keys.room_profiles("lobby"))
+        .arg(format!("o:{id}"))
+        .query_async(&mut app.state.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(alices, None, "the leaver's profile went with it");
+}
+
+#[sqlx::test]
+async fn an_occupant_without_a_profile_still_leaves_and_is_still_guarded(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alice = app.token_for("alice", &[("lobby", &["join"])]);
+    let bob = app.token_for("bob", &[("lobby", &["join", "read"])]);
+    let a = app.connect(&alice).await;
+    let b = app.connect(&bob).await;
+    app.join(&alice, "lobby", &a).await;
+    app.join(&bob, "lobby", &b).await;
+    // As if both joined through a version that kept no profiles.
+    let _: () = redis::cmd("DEL")
+        .arg(app.state.redis_keys.room_profiles("lobby"))
+        .query_async(&mut app.state.redis.clone())
+        .await
+        .unwrap();
+
+    app.delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&bob)
+        .send()
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    let left = app
+        .delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT, "{left:?}");
+    app.delete(&format!("/v1/rooms/lobby/connections/{a}"))
+        .bearer(&alice)
+        .send()
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not-in-room");
+    // And the lease's end describes it from its connection too.
+    app.delete(&format!("/v1/connections/{b}"))
+        .bearer(&bob)
+        .send()
+        .await;
+
+    let left: Vec<Value> = app
+        .events("lobby")
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "presence.left")
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(
+        (&left[0]["owner"], &left[0]["metadata"], &left[0]["reason"]),
+        (&json!("alice"), &json!({}), &json!("left"))
+    );
+    assert_eq!(
+        (&left[1]["owner"], &left[1]["reason"], &left[1]["occupancy"]),
+        (&json!("bob"), &json!("disconnected"), &json!(0))
+    );
+}
+
+#[sqlx::test]
+async fn a_leave_that_is_not_the_last_reaches_the_leavers_own_stream(pool: PgPool) {
+    let mut settings = test_settings();
+    // Streams close and reopen here; none of them is the connection's end.
+    settings.presence.stream_grace = Duration::from_secs(600);
+    let app = TestApp::with_settings(pool, settings).await;
+    let base = app.listen().await;
+    let admin = app.admin();
+    let alice = app.token_for("alice", &[("lobby", &["join", "read"])]);
+    let resident = app.connect(&admin).await;
+    app.join(&admin, "lobby", &resident).await;
+    let id = app.connect(&alice).await;
+    app.join(&alice, "lobby", &id).await;
+
+    for _ in 0..5 {
+        let (status, stream) = crate::sse::open(
+            &format!("{base}/v1/connections/{id}/events"),
+            &[("authorization", &format!("Bearer {alice}"))],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let mut stream = stream.unwrap();
+        stream.expect("sync").await;
+        let left = app
+            .delete(&format!("/v1/rooms/lobby/connections/{id}"))
+            .bearer(&alice)
+            .send()
+            .await;
+        assert_eq!(left.status, StatusCode::NO_CONTENT, "{left:?}");
+        let frame = stream.expect("presence.left").await;
+        assert_eq!(frame.data["connection_id"], id.as_str());
+        app.patch("/v1/rooms/lobby/metadata")
+            .bearer(&admin)
+            .json(&json!({"after": true}))
+            .send()
+            .await;
+        stream.assert_quiet(Duration::from_millis(300)).await;
+        // In again, with the stream closed: the next round opens a new one.
+        drop(stream);
+        assert_eq!(
+            app.join(&alice, "lobby", &id).await.status,
+            StatusCode::CREATED
+        );
+    }
 }
