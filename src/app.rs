@@ -21,7 +21,7 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
     let redis_keys = crate::cache::Keys::new(&settings.redis_prefix);
     let lifecycle = Lifecycle::default();
     let documents = Arc::new(DocumentCache::new(
-        settings.document_cache_rooms,
+        settings.document_cache_bytes,
         settings.document_cache_max_age,
     ));
     let hub = Hub::new(

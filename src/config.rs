@@ -48,8 +48,9 @@ pub struct Settings {
     /// served, so load balancers stop sending traffic before we close.
     pub shutdown_drain: Duration,
     pub presence: PresenceSettings,
-    /// Room documents this instance keeps in memory for metadata GETs (0: none).
-    pub document_cache_rooms: usize,
+    /// Bytes of room documents this instance keeps in memory for metadata
+    /// GETs (0: none).
+    pub document_cache_bytes: usize,
     /// The longest a cached document is served without being read again.
     pub document_cache_max_age: Duration,
 }
@@ -151,7 +152,7 @@ impl Settings {
                 ),
                 stream_grace: Duration::from_millis(env.parse("METACAST_STREAM_GRACE_MS", 5000)?),
             },
-            document_cache_rooms: env.parse("METACAST_DOCUMENT_CACHE_ROOMS", 10_000)?,
+            document_cache_bytes: env.parse("METACAST_DOCUMENT_CACHE_BYTES", 64 << 20)?,
             document_cache_max_age: Duration::from_secs(
                 env.parse("METACAST_DOCUMENT_CACHE_MAX_AGE_SECS", 60)?,
             ),

@@ -57,6 +57,28 @@ struct Shard {
     /// Bumped by every invalidation of a room in this shard.
     generation: u64,
     entries: HashMap<String, Entry>,
+    /// What the entries cost, as [`cost`] counts it.
+    bytes: usize,
+}
+
+impl Shard {
+    fn remove(&mut self, room: &str) {
+        if let Some(entry) = self.entries.remove(room) {
+            self.bytes -= cost(room, &entry.document);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Bytes an entry is counted for: its text, its key and a fixed share for
+/// the map slot, the `Bytes` header and the allocator's rounding.
+fn cost(room: &str, document: &CachedDocument) -> usize {
+    const OVERHEAD: usize = 96;
+    document.json.len() + room.len() + OVERHEAD
 }
 
 struct Entry {
@@ -67,6 +89,8 @@ struct Entry {
 pub struct DocumentCache {
     shards: Vec<Mutex<Shard>>,
     hasher: std::hash::RandomState,
+    /// Bytes each shard may hold (documents and room ids, plus an estimate
+    /// of the map's own cost per entry).
     per_shard: usize,
     max_age: Duration,
     /// Whether the wake-up subscription is up, so invalidations arrive.
@@ -74,13 +98,13 @@ pub struct DocumentCache {
 }
 
 impl DocumentCache {
-    /// A cache of up to about `rooms` documents (0: off), each kept at most
-    /// `max_age`. It serves nothing until [`Self::start_listening`].
-    pub fn new(rooms: usize, max_age: Duration) -> Self {
+    /// A cache of at most `max_bytes` (0: off) of documents, each kept at
+    /// most `max_age`. It serves nothing until [`Self::start_listening`].
+    pub fn new(max_bytes: usize, max_age: Duration) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: std::hash::RandomState::new(),
-            per_shard: rooms.div_ceil(SHARDS),
+            per_shard: max_bytes / SHARDS,
             max_age,
             listening: AtomicBool::new(false),
         }
@@ -99,9 +123,7 @@ impl DocumentCache {
             Some(entry) if entry.stored_at.elapsed() < self.max_age => {
                 return Lookup::Hit(entry.document.clone());
             }
-            Some(_) => {
-                shard.entries.remove(room);
-            }
+            Some(_) => shard.remove(room),
             None => {}
         }
         Lookup::Miss(FillTicket {
@@ -125,12 +147,19 @@ impl DocumentCache {
         {
             return;
         }
-        if shard.entries.len() >= self.per_shard
-            && !shard.entries.contains_key(room)
-            && let Some(evicted) = shard.entries.keys().next().cloned()
-        {
-            shard.entries.remove(&evicted);
+        let needed = cost(room, &document);
+        if needed > self.per_shard {
+            return;
         }
+        shard.remove(room);
+        // Any entry will do: a lookup refills it at the price of one read.
+        while shard.bytes + needed > self.per_shard {
+            let Some(evicted) = shard.entries.keys().next().cloned() else {
+                break;
+            };
+            shard.remove(&evicted);
+        }
+        shard.bytes += needed;
         shard.entries.insert(
             room.to_owned(),
             Entry {
@@ -144,7 +173,7 @@ impl DocumentCache {
     pub fn invalidate(&self, room: &str) {
         let mut shard = self.shard(self.shard_of(room));
         shard.generation += 1;
-        shard.entries.remove(room);
+        shard.remove(room);
     }
 
     /// The wake-up subscription is (again) up: start from empty, as any
@@ -170,7 +199,7 @@ impl DocumentCache {
         for index in 0..self.shards.len() {
             let mut shard = self.shard(index);
             shard.generation += 1;
-            shard.entries.clear();
+            shard.clear();
         }
     }
 
@@ -198,7 +227,7 @@ mod tests {
     }
 
     fn listening_cache() -> DocumentCache {
-        let cache = DocumentCache::new(64, Duration::from_secs(60));
+        let cache = DocumentCache::new(1 << 20, Duration::from_secs(60));
         cache.start_listening();
         cache
     }
@@ -255,7 +284,7 @@ mod tests {
 
     #[test]
     fn nothing_is_served_or_filled_while_not_listening() {
-        let cache = DocumentCache::new(64, Duration::from_secs(60));
+        let cache = DocumentCache::new(1 << 20, Duration::from_secs(60));
         let fill = ticket(&cache, "lobby");
         cache.fill("lobby", fill, document(1));
         cache.start_listening();
@@ -289,7 +318,7 @@ mod tests {
 
     #[test]
     fn entries_expire_after_the_maximum_age() {
-        let cache = DocumentCache::new(64, Duration::ZERO);
+        let cache = DocumentCache::new(1 << 20, Duration::ZERO);
         cache.start_listening();
         let fill = ticket(&cache, "lobby");
         cache.fill("lobby", fill, document(1));
@@ -297,23 +326,51 @@ mod tests {
     }
 
     #[test]
-    fn a_full_shard_evicts_to_make_room() {
-        // One entry per shard.
-        let cache = DocumentCache::new(SHARDS, Duration::from_secs(60));
+    fn a_full_shard_evicts_to_stay_within_its_bytes() {
+        let entry = cost("room-000", &document(1));
+        // Room for three entries per shard.
+        let cache = DocumentCache::new(SHARDS * entry * 3, Duration::from_secs(60));
         cache.start_listening();
-        let rooms: Vec<String> = (0..200).map(|i| format!("room-{i}")).collect();
+        let rooms: Vec<String> = (0..200).map(|i| format!("room-{i:03}")).collect();
         for room in &rooms {
             let fill = ticket(&cache, room);
             cache.fill(room, fill, document(1));
+        }
+        for shard in &cache.shards {
+            let shard = shard.lock().unwrap();
+            assert!(
+                shard.bytes <= cache.per_shard,
+                "{} > {}",
+                shard.bytes,
+                cache.per_shard
+            );
+            let counted: usize = shard
+                .entries
+                .iter()
+                .map(|(room, e)| cost(room, &e.document))
+                .sum();
+            assert_eq!(shard.bytes, counted);
         }
         let held = rooms
             .iter()
             .filter(|room| hit(&cache, room).is_some())
             .count();
         assert!(
-            held <= SHARDS,
-            "{held} documents held, at most {SHARDS} fit"
+            (SHARDS..=SHARDS * 3).contains(&held),
+            "{held} documents held"
         );
-        assert!(held > 0);
+    }
+
+    #[test]
+    fn a_document_larger_than_a_shard_is_not_kept() {
+        let cache = DocumentCache::new(SHARDS * 64, Duration::from_secs(60));
+        cache.start_listening();
+        let fill = ticket(&cache, "lobby");
+        let large = CachedDocument {
+            version: 1,
+            json: Bytes::from(vec![b' '; 1024]),
+        };
+        cache.fill("lobby", fill, large);
+        assert_eq!(hit(&cache, "lobby"), None);
     }
 }
