@@ -36,17 +36,6 @@ async fn get(app: &TestApp, room: &str) -> (StatusCode, Option<i64>, Value) {
     (response.status, version, response.json())
 }
 
-async fn patch(app: &TestApp, room: &str, body: Value) -> i64 {
-    let response = app
-        .patch(&format!("/v1/rooms/{room}/metadata"))
-        .bearer(&app.admin())
-        .json(&body)
-        .send()
-        .await;
-    assert_eq!(response.status, StatusCode::OK, "{response:?}");
-    response.version()
-}
-
 #[sqlx::test]
 async fn a_read_document_is_served_from_memory_until_a_write_replaces_it(pool: PgPool) {
     let app = TestApp::new(pool.clone()).await;
@@ -63,7 +52,7 @@ async fn a_read_document_is_served_from_memory_until_a_write_replaces_it(pool: P
     assert_eq!((version, document), (Some(1), json!({"topic": "a"})));
 
     // A write through the API invalidates it.
-    let written = patch(&app, "lobby", json!({"n": 1})).await;
+    let written = app.patch_room("lobby", json!({"n": 1})).await;
     let (_, version, document) = get(&app, "lobby").await;
     assert_eq!(
         (version, document),
@@ -117,7 +106,7 @@ async fn a_write_acknowledged_on_an_instance_is_never_read_older_there(pool: PgP
         .collect();
 
     for n in 0..40 {
-        let acknowledged = patch(&app, "lobby", json!({"n": n})).await;
+        let acknowledged = app.patch_room("lobby", json!({"n": n})).await;
         let (_, read, document) = get(&app, "lobby").await;
         let read = read.unwrap();
         assert!(
@@ -144,7 +133,7 @@ async fn a_write_through_another_instance_replaces_this_instance_copy(pool: PgPo
     assert_eq!(get(&two, "lobby").await.1, Some(1));
     assert_eq!(get(&two, "lobby").await.1, Some(1));
 
-    let written = patch(&one, "lobby", json!({"n": 1})).await;
+    let written = one.patch_room("lobby", json!({"n": 1})).await;
     // Invalidation travels through Redis pub/sub: soon, not at once. The
     // cached copy would otherwise be served for a whole minute (its maximum age).
     for _ in 0..500 {

@@ -248,6 +248,18 @@ impl TestApp {
     }
 
     /// Creates a room with `doc` as admin and returns its version.
+    /// Merges `body` into the room's metadata as an admin; the new version.
+    pub async fn patch_room(&self, room: &str, body: Value) -> i64 {
+        let response = self
+            .patch(&format!("/v1/rooms/{room}/metadata"))
+            .bearer(&self.admin())
+            .json(&body)
+            .send()
+            .await;
+        assert_eq!(response.status, StatusCode::OK, "{response:?}");
+        response.version()
+    }
+
     pub async fn create_room(&self, room: &str, doc: Value) -> i64 {
         let response = self
             .put(&format!("/v1/rooms/{room}/metadata"))

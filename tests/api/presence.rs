@@ -903,23 +903,39 @@ async fn send(router: &Router, method: Method, uri: &str, token: &str) -> Status
     router.clone().oneshot(request).await.unwrap().status()
 }
 
-/// On a Redis Cluster the client talks to every master directly, past any
-/// proxy in front of the seed node: these counts are single-server ones.
-fn on_a_cluster(app: &TestApp) -> bool {
+/// A counting proxy and a router whose Redis traffic goes through it;
+/// `None` on a Redis Cluster, where the client talks to every master
+/// directly, past any proxy in front of the seed node.
+async fn behind_a_proxy(app: &TestApp) -> Option<(RedisProxy, Router)> {
     if app.state.settings.redis_cluster {
         println!("skipped on a Redis Cluster: the proxy sees one node only");
+        return None;
     }
-    app.state.settings.redis_cluster
+    let proxy = RedisProxy::start(app.state.settings.redis_url.expose_secret()).await;
+    let router = proxied_router(app, &proxy);
+    Some((proxy, router))
+}
+
+/// Joins connection `id` to `room` and takes it out again through `router`:
+/// after it the Redis connection is made and the scripts are loaded.
+async fn join_and_leave(router: &Router, room: &str, id: &str, token: &str) {
+    let uri = format!("/v1/rooms/{room}/connections/{id}");
+    assert_eq!(
+        send(router, Method::PUT, &uri, token).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(router, Method::DELETE, &uri, token).await,
+        StatusCode::NO_CONTENT
+    );
 }
 
 #[sqlx::test]
 async fn a_join_and_a_leave_take_two_redis_round_trips_each(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    if on_a_cluster(&app) {
+    let Some((proxy, router)) = behind_a_proxy(&app).await else {
         return;
-    }
-    let proxy = RedisProxy::start(app.state.settings.redis_url.expose_secret()).await;
-    let router = proxied_router(&app, &proxy);
+    };
     // As in benchmark R3: a resident keeps the session open, and a caller
     // who is not an admin moves its own connection in and out.
     let admin = app.admin();
@@ -927,17 +943,9 @@ async fn a_join_and_a_leave_take_two_redis_round_trips_each(pool: PgPool) {
     app.join(&admin, "arena", &resident).await;
     let alice = app.token_for("alice", &[("arena", &["join"])]);
     let mover = app.connect(&alice).await;
-    let uri = format!("/v1/rooms/arena/connections/{mover}");
-    // Warm-up: the Redis connection is made and the scripts are loaded.
-    assert_eq!(
-        send(&router, Method::PUT, &uri, &alice).await,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        send(&router, Method::DELETE, &uri, &alice).await,
-        StatusCode::NO_CONTENT
-    );
+    join_and_leave(&router, "arena", &mover, &alice).await;
 
+    let uri = format!("/v1/rooms/arena/connections/{mover}");
     for _ in 0..3 {
         proxy.take();
         assert_eq!(
@@ -956,26 +964,16 @@ async fn a_join_and_a_leave_take_two_redis_round_trips_each(pool: PgPool) {
 #[sqlx::test]
 async fn a_join_whose_connection_ends_between_its_two_scripts_leaves_no_ghost(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    if on_a_cluster(&app) {
+    let Some((proxy, router)) = behind_a_proxy(&app).await else {
         return;
-    }
-    let proxy = RedisProxy::start(app.state.settings.redis_url.expose_secret()).await;
-    let router = proxied_router(&app, &proxy);
+    };
     let alice = app.token_for(
         "alice",
         &[("arena", &["join", "read"]), ("warm-up", &["join"])],
     );
     app.create_room("arena", json!({})).await;
     let warm_up = app.connect(&alice).await;
-    let uri = format!("/v1/rooms/warm-up/connections/{warm_up}");
-    assert_eq!(
-        send(&router, Method::PUT, &uri, &alice).await,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        send(&router, Method::DELETE, &uri, &alice).await,
-        StatusCode::NO_CONTENT
-    );
+    join_and_leave(&router, "warm-up", &warm_up, &alice).await;
 
     // The join's ATTACH goes through; its JOIN waits while the connection
     // is disconnected, which leaves every room it is attached to, this one

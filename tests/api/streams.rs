@@ -30,16 +30,6 @@ async fn lobby_stream(app: &TestApp) -> (String, String, SseStream, sse::Frame) 
     (base, token, stream, sync)
 }
 
-async fn patch(app: &TestApp, room: &str, body: Value) {
-    let response = app
-        .patch(&format!("/v1/rooms/{room}/metadata"))
-        .bearer(&app.admin())
-        .json(&body)
-        .send()
-        .await;
-    assert_eq!(response.status, StatusCode::OK, "{response:?}");
-}
-
 #[sqlx::test]
 async fn a_stream_starts_with_sync_then_delivers_changes(pool: PgPool) {
     let app = TestApp::new(pool).await;
@@ -54,7 +44,7 @@ async fn a_stream_starts_with_sync_then_delivers_changes(pool: PgPool) {
     assert_eq!(sync.data["session"], Value::Null);
     assert_eq!(sync.data["occupants"], json!([]));
 
-    patch(&app, "lobby", json!({"n": 1})).await;
+    app.patch_room("lobby", json!({"n": 1})).await;
     let update = stream.expect("room.metadata.updated").await;
     assert_eq!(update.data["version"], 2);
     assert_eq!(update.data["metadata"], json!({"topic": "a", "n": 1}));
@@ -85,7 +75,7 @@ async fn changes_through_one_instance_reach_streams_on_another(pool: PgPool) {
     let mut stream = subscribe(&base_one, "lobby", &token, &[]).await;
     stream.expect("sync").await;
     for n in 1..=5 {
-        patch(&two, "lobby", json!({"n": n})).await;
+        two.patch_room("lobby", json!({"n": n})).await;
     }
     for n in 1..=5 {
         let frame = stream.expect("room.metadata.updated").await;
@@ -97,12 +87,12 @@ async fn changes_through_one_instance_reach_streams_on_another(pool: PgPool) {
 async fn reconnecting_with_last_event_id_replays_exactly_what_was_missed(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (base, token, mut stream, _) = lobby_stream(&app).await;
-    patch(&app, "lobby", json!({"n": 1})).await;
+    app.patch_room("lobby", json!({"n": 1})).await;
     let seen = stream.expect("room.metadata.updated").await;
     drop(stream);
 
-    patch(&app, "lobby", json!({"n": 2})).await;
-    patch(&app, "lobby", json!({"n": 3})).await;
+    app.patch_room("lobby", json!({"n": 2})).await;
+    app.patch_room("lobby", json!({"n": 3})).await;
 
     let mut resumed = subscribe(&base, "lobby", &token, &[("last-event-id", &seen.id)]).await;
     let second = resumed.expect("room.metadata.updated").await;
@@ -151,7 +141,7 @@ async fn a_trimmed_history_yields_a_sync(pool: PgPool) {
     drop(stream);
     // Far more than the history keeps (MAXLEN ~ trims whole nodes: write plenty).
     for n in 0..300 {
-        patch(&app, "lobby", json!({"n": n})).await;
+        app.patch_room("lobby", json!({"n": n})).await;
     }
     let mut resumed = subscribe(&base, "lobby", &token, &[("last-event-id", &sync.id)]).await;
     let frame = resumed.expect("sync").await;
@@ -162,11 +152,11 @@ async fn a_trimmed_history_yields_a_sync(pool: PgPool) {
 async fn a_lost_history_in_the_same_epoch_yields_a_sync(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (base, token, mut stream, _) = lobby_stream(&app).await;
-    patch(&app, "lobby", json!({"n": 1})).await;
+    app.patch_room("lobby", json!({"n": 1})).await;
     let seen = stream.expect("room.metadata.updated").await;
     drop(stream);
-    patch(&app, "lobby", json!({"n": 2})).await;
-    patch(&app, "lobby", json!({"n": 3})).await;
+    app.patch_room("lobby", json!({"n": 2})).await;
+    app.patch_room("lobby", json!({"n": 3})).await;
     // What a Redis Cluster master that restarts empty does to a room: its
     // slot's keys are gone while the epoch key, on another master, lives on.
     let mut redis = app.state.redis.clone();
@@ -177,7 +167,7 @@ async fn a_lost_history_in_the_same_epoch_yields_a_sync(pool: PgPool) {
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
-    patch(&app, "lobby", json!({"n": 4})).await;
+    app.patch_room("lobby", json!({"n": 4})).await;
 
     // The new history starts after the client's position: n = 2 and 3 are
     // gone, so a replay would skip them without a word.
@@ -321,7 +311,8 @@ async fn an_idle_stream_gets_keep_alive_comments(pool: PgPool) {
     // SPEC: a comment at least every 15 s; allow for a busy machine.
     let comment = stream.expect_comment(Duration::from_secs(25)).await;
     assert_eq!(comment, ":\n\n");
-    patch(&app, "lobby", json!({"after": "keep-alive"})).await;
+    app.patch_room("lobby", json!({"after": "keep-alive"}))
+        .await;
     stream.expect("room.metadata.updated").await;
 }
 
