@@ -107,10 +107,15 @@ return 1
 /// KEYS: connection, its rooms, its events. ARGV: room, room quota, events
 /// channel, the connection's topic, `1` when only `subject` may attach it
 /// (`0`: an admin, who acts for every owner), subject.
-/// → {status, the connection's fields, its rooms}, both as they were before:
-/// 1 attached, 0 already there, -1 connection gone, -2 over quota, -3 not
-/// the subject's (nothing changed).
+/// → {status, the connection's fields, its rooms, both as they were before,
+/// the attach stamp}: 1 attached, 0 already there, -1 connection gone, -2
+/// over quota, -3 not the subject's (nothing changed; stamp 0).
 /// Records a `membership.joined` marker for the connection's own stream.
+///
+/// The stamp, the value of the room in the connection's rooms, is the
+/// attach time, nudged past the previous stamp so that each attach has its
+/// own: a leave detaches only the attach it removed from the room (see
+/// DETACH), not one a join made again meanwhile.
 ///
 /// One round trip both loads the connection (the caller decides 404 or 403
 /// from the fields, as for any connection) and attaches it when the caller
@@ -121,28 +126,38 @@ pub static ATTACH: LazyLock<Script> = LazyLock::new(|| {
 local now = now_ms()
 local fields = redis.call('HGETALL', KEYS[1])
 local rooms = redis.call('HGETALL', KEYS[2])
-local function answer(status) return {status, fields, rooms} end
+local function answer(status, stamp) return {status, fields, rooms, stamp or 0} end
 if not is_alive(KEYS[1], now) then return answer(-1) end
 if ARGV[5] == '1' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[6] then return answer(-3) end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return answer(0) end
+local previous = redis.call('HGET', KEYS[2], ARGV[1])
+if previous then
+  local stamp = math.max(now, tonumber(previous) + 1)
+  redis.call('HSET', KEYS[2], ARGV[1], stamp)
+  return answer(0, stamp)
+end
 if #rooms / 2 >= tonumber(ARGV[2]) then return answer(-2) end
 redis.call('HSET', KEYS[2], ARGV[1], now)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100, '*', 'type', 'membership.joined', 'data', ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return answer(1)
+return answer(1, now)
 "#,
     )
 });
 
 /// KEYS: the connection's rooms, its events. ARGV: room, events channel,
-/// the connection's topic. Records `membership.left` if it was in the room.
+/// the connection's topic, the attach stamp to remove (empty: any).
+/// Records `membership.left` if it was in the room. Another stamp means a
+/// join attached it again after the leave took it out of the room: that
+/// attach stays, or the member its join adds would be listed nowhere the
+/// sweeper looks.
 pub static DETACH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100, '*', 'type', 'membership.left', 'data', ARGV[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held or (ARGV[4] ~= '' and held ~= ARGV[4]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100, '*', 'type', 'membership.left', 'data', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#,
     )
@@ -151,12 +166,14 @@ return 1
 // An occupant's profile (`o:<id>` its owner and `m:<id>` its metadata as
 // JSON, `v:<id>` the metadata's version) is what the room's events last
 // said about it: a leave describes and authorizes the occupant from it,
-// without first reading the connection's keys in another slot.
+// without first reading the connection's keys in another slot. `s:<id>` is
+// the stamp of the latest attach that joined it, which its leave detaches.
 
 /// KEYS: room members, room session, room events, room profiles, room
 /// departed. ARGV: connection id, candidate session id, presence.joined
 /// payload without metadata and closing brace, owner (JSON), metadata
-/// (JSON), metadata version, history length, events channel, room id.
+/// (JSON), metadata version, history length, events channel, room id,
+/// attach stamp.
 /// → {joined (1), already a member (0) or departed (-1), occupancy, session
 /// id, started (1/0), joined_at}.
 ///
@@ -172,11 +189,16 @@ pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return {-1, 0, '', 0, 0} end
 local joined_at = redis.call('HGET', KEYS[1], ARGV[1])
 if joined_at then
+  local stamp = redis.call('HGET', KEYS[4], 's:' .. ARGV[1])
+  if stamp and tonumber(stamp) < tonumber(ARGV[10]) then
+    redis.call('HSET', KEYS[4], 's:' .. ARGV[1], ARGV[10])
+  end
   return {0, redis.call('HLEN', KEYS[1]), redis.call('HGET', KEYS[2], 'id') or '', 0, tonumber(joined_at)}
 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], ARGV[1], now)
-redis.call('HSET', KEYS[4], 'o:' .. ARGV[1], ARGV[4], 'm:' .. ARGV[1], ARGV[5], 'v:' .. ARGV[1], ARGV[6])
+redis.call('HSET', KEYS[4], 'o:' .. ARGV[1], ARGV[4], 'm:' .. ARGV[1], ARGV[5], 'v:' .. ARGV[1], ARGV[6],
+  's:' .. ARGV[1], ARGV[10])
 local n = redis.call('HLEN', KEYS[1])
 local sid = redis.call('HGET', KEYS[2], 'id')
 if not sid then
@@ -209,9 +231,9 @@ return {1, n, sid, 0, now}
 ///    (empty: refuse it);
 /// 9. history length, 10. events channel, 11. room id.
 ///
-/// → {1, occupancy[, ended session id, peak]} left, {0, occupancy} not a
-/// member, {-1} refused (not the caller's to remove, or no profile): nothing
-/// changed.
+/// → {1, occupancy, attach stamp (empty if the profile has none)[, ended
+/// session id, peak]} left, {0, occupancy} not a member, {-1} refused (not
+/// the caller's to remove, or no profile): nothing changed.
 ///
 /// Last out ends the session; only the caller whose HDEL removed the member
 /// records `presence.left`, so it happens exactly once.
@@ -228,8 +250,8 @@ if redis.call('HEXISTS', KEYS[1], id) == 0 then
   end
   return {0, redis.call('HLEN', KEYS[1])}
 end
-local profile = redis.call('HMGET', KEYS[4], 'o:' .. id, 'm:' .. id)
-local owner, metadata = profile[1], profile[2]
+local profile = redis.call('HMGET', KEYS[4], 'o:' .. id, 'm:' .. id, 's:' .. id)
+local owner, metadata, stamp = profile[1], profile[2], profile[3] or ''
 if not owner then
   if ARGV[7] == '' then return {-1} end
   owner, metadata = ARGV[7], ARGV[8]
@@ -240,7 +262,7 @@ if ARGV[3] ~= '' and ARGV[3] ~= owner then
   if reason == '' then return {-1} end
 end
 redis.call('HDEL', KEYS[1], id)
-redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id)
+redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id, 's:' .. id)
 local n = redis.call('HLEN', KEYS[1])
 if ARGV[2] ~= '' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'type', 'presence.left',
@@ -251,9 +273,9 @@ end
 if n == 0 then
   local s = redis.call('HMGET', KEYS[2], 'id', 'peak')
   redis.call('DEL', KEYS[2])
-  if s[1] then return {1, 0, s[1], tonumber(s[2] or '0')} end
+  if s[1] then return {1, 0, stamp, s[1], tonumber(s[2] or '0')} end
 end
-return {1, n}
+return {1, n, stamp}
 "#,
     )
 });

@@ -28,7 +28,7 @@ pub struct Connection {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    /// Rooms it is in → when it joined.
+    /// Rooms it is in → when it last asked to join (the attach stamp).
     pub rooms: BTreeMap<String, DateTime<Utc>>,
 }
 

@@ -59,19 +59,23 @@ pub async fn join(
     let keys = &state.redis_keys;
     let presence = &state.settings.presence;
     let mut redis = state.redis.clone();
-    let (attached, fields, rooms): (i64, HashMap<String, String>, HashMap<String, i64>) =
-        scripts::ATTACH
-            .key(keys.connection(id))
-            .key(keys.connection_rooms(id))
-            .key(keys.connection_events(id))
-            .arg(room.as_str())
-            .arg(presence.max_rooms_per_connection)
-            .arg(keys.events_channel())
-            .arg(Keys::connection_topic(id))
-            .arg(if owner.is_some() { "1" } else { "0" })
-            .arg(owner.unwrap_or_default())
-            .invoke_async(&mut redis)
-            .await?;
+    let (attached, fields, rooms, stamp): (
+        i64,
+        HashMap<String, String>,
+        HashMap<String, i64>,
+        i64,
+    ) = scripts::ATTACH
+        .key(keys.connection(id))
+        .key(keys.connection_rooms(id))
+        .key(keys.connection_events(id))
+        .arg(room.as_str())
+        .arg(presence.max_rooms_per_connection)
+        .arg(keys.events_channel())
+        .arg(Keys::connection_topic(id))
+        .arg(if owner.is_some() { "1" } else { "0" })
+        .arg(owner.unwrap_or_default())
+        .invoke_async(&mut redis)
+        .await?;
     let conn = authorize(Connection::from_redis(id, fields, rooms))?;
     match attached {
         0 | 1 => {}
@@ -112,6 +116,7 @@ pub async fn join(
             .arg(presence.event_history)
             .arg(keys.events_channel())
             .arg(room.as_str())
+            .arg(stamp)
             .invoke_async(&mut redis)
             .await?;
     if status == -1 {
@@ -136,7 +141,7 @@ pub async fn join(
             }
             Err(err) => {
                 // Undo quietly: nobody was told about this join.
-                undo_join(state, room.as_str(), &conn.id).await;
+                undo_join(state, room.as_str(), &conn.id, stamp).await;
                 return Err(err);
             }
         }
@@ -150,7 +155,7 @@ pub async fn join(
     Ok((conn, joined))
 }
 
-async fn undo_join(state: &AppState, room: &str, connection_id: &str) {
+async fn undo_join(state: &AppState, room: &str, connection_id: &str, stamp: i64) {
     let undone = async {
         let outcome = leave_script(
             state,
@@ -161,7 +166,7 @@ async fn undo_join(state: &AppState, room: &str, connection_id: &str) {
             None,
         )
         .await?;
-        detach(state, room, connection_id).await?;
+        detach(state, room, connection_id, Some(stamp)).await?;
         if outcome.ended.is_some() {
             let mut redis = state.redis.clone();
             redis::cmd("ZREM")
@@ -209,6 +214,8 @@ pub enum Leave {
 struct LeaveOutcome {
     /// -1 refused, 0 not a member, 1 left.
     status: i64,
+    /// The attach the leave took out of the room, if its profile knew it.
+    stamp: Option<i64>,
     /// The session this leave ended, with its peak occupancy.
     ended: Option<(String, i64)>,
 }
@@ -269,13 +276,20 @@ async fn leave_script(
         Some(redis::Value::Int(status)) => *status,
         _ => return Err(anyhow::anyhow!("unexpected LEAVE answer {reply:?}").into()),
     };
-    let ended = match (reply.get(2), reply.get(3)) {
+    let stamp = reply
+        .get(2)
+        .and_then(|stamp| redis::from_redis_value_ref::<i64>(stamp).ok());
+    let ended = match (reply.get(3), reply.get(4)) {
         (Some(id), Some(redis::Value::Int(peak))) => redis::from_redis_value_ref::<String>(id)
             .ok()
             .map(|id| (id, *peak)),
         _ => None,
     };
-    Ok(LeaveOutcome { status, ended })
+    Ok(LeaveOutcome {
+        status,
+        stamp,
+        ended,
+    })
 }
 
 /// Owner and metadata of a connection, from its own keys.
@@ -291,7 +305,14 @@ async fn describe(state: &AppState, connection_id: &str) -> Result<Description, 
     Ok((owner, metadata.unwrap_or_else(|| "{}".to_owned())))
 }
 
-async fn detach(state: &AppState, room: &str, connection_id: &str) -> Result<(), Error> {
+/// Takes `room` out of the connection's rooms: only the attach `stamp` if
+/// given, else whichever attach is there.
+async fn detach(
+    state: &AppState,
+    room: &str,
+    connection_id: &str,
+    stamp: Option<i64>,
+) -> Result<(), Error> {
     let keys = &state.redis_keys;
     let mut redis = state.redis.clone();
     scripts::DETACH
@@ -300,6 +321,7 @@ async fn detach(state: &AppState, room: &str, connection_id: &str) -> Result<(),
         .arg(room)
         .arg(keys.events_channel())
         .arg(Keys::connection_topic(connection_id))
+        .arg(stamp.map(|stamp| stamp.to_string()).unwrap_or_default())
         .invoke_async::<()>(&mut redis)
         .await?;
     Ok(())
@@ -336,9 +358,15 @@ pub async fn leave(
     };
     // Detached last, so the connection's own stream, which stops following
     // the room here, has seen the `presence.left` and the session end its
-    // leave caused. Also when it was not a member: a rooms entry left by a
-    // failed join goes too.
-    detach(state, room, id).await?;
+    // leave caused. A connection that is ending loses every attach; any
+    // other leave only the one it took out of the room (a join may have
+    // attached it again since, and its member must stay listed where the
+    // sweeper looks).
+    match (remover, outcome.status) {
+        (Remover::Ending(_), _) => detach(state, room, id, None).await?,
+        (_, 1) => detach(state, room, id, outcome.stamp).await?,
+        _ => {}
+    }
     ended?;
     Ok(if outcome.status == 1 {
         Leave::Left

@@ -1019,6 +1019,69 @@ async fn a_join_whose_connection_ends_between_its_two_scripts_leaves_no_ghost(po
     );
 }
 
+/// A leave and a re-join of the same connection at once: the leave takes
+/// the member out of the room, the join attaches it again and adds it back,
+/// then the leave's DETACH runs. The connection must still list the room, or
+/// its end (which leaves the rooms it lists) would leave a ghost behind.
+#[sqlx::test]
+async fn a_join_between_a_leave_and_its_detach_keeps_the_member_listed(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let Some((proxy, router)) = behind_a_proxy(&app).await else {
+        return;
+    };
+    let alice = app.token_for(
+        "alice",
+        &[("arena", &["join", "read"]), ("warm-up", &["join"])],
+    );
+    let warm_up = app.connect(&alice).await;
+    join_and_leave(&router, "warm-up", &warm_up, &alice).await;
+    let id = app.connect(&alice).await;
+    let uri = format!("/v1/rooms/arena/connections/{id}");
+    assert_eq!(
+        app.join(&alice, "arena", &id).await.status,
+        StatusCode::CREATED
+    );
+
+    // The leave's LEAVE goes through; its DETACH waits while the join runs.
+    proxy.take();
+    proxy.hold.store(2, Ordering::SeqCst);
+    let leave = tokio::spawn({
+        let (router, alice, uri) = (router.clone(), alice.clone(), uri.clone());
+        async move { send(&router, Method::DELETE, &uri, &alice).await }
+    });
+    proxy.held.notified().await;
+    assert_eq!(
+        app.join(&alice, "arena", &id).await.status,
+        StatusCode::CREATED
+    );
+    proxy.release.notify_one();
+    assert_eq!(leave.await.unwrap(), StatusCode::NO_CONTENT);
+
+    let connection = app
+        .get(&format!("/v1/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await
+        .json();
+    assert!(
+        connection["rooms"].to_string().contains("arena"),
+        "the re-join's attach stays: {connection}"
+    );
+    let disconnected = app
+        .delete(&format!("/v1/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(disconnected.status, StatusCode::NO_CONTENT);
+    let room = app
+        .get("/v1/rooms/arena")
+        .bearer(&alice)
+        .send()
+        .await
+        .json();
+    assert_eq!(room["occupancy"], 0, "no ghost: {room}");
+}
+
 /// The same race without a proxy, so it also runs on a Redis Cluster: the
 /// connection is left as its ATTACH leaves it (in its list of rooms, not
 /// yet a member), disconnected, then the join's JOIN arrives.
@@ -1058,6 +1121,7 @@ async fn a_join_script_arriving_after_its_connection_ended_adds_nobody(pool: PgP
         .arg(100)
         .arg(keys.events_channel())
         .arg("arena")
+        .arg(1)
         .invoke_async(&mut redis)
         .await
         .unwrap();
