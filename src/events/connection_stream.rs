@@ -69,6 +69,7 @@ pub async fn open(
         positions: BTreeMap::new(),
         feeds: HashMap::new(),
         receivers: StreamMap::new(),
+        left: HashMap::new(),
     };
     let first = stream.start(cursor).await?;
     let mut redis = state.redis.clone();
@@ -127,6 +128,21 @@ struct ConnStream {
     positions: BTreeMap<String, StreamPosition>,
     feeds: HashMap<String, Arc<Feed>>,
     receivers: StreamMap<String, BroadcastStream<Delivery>>,
+    /// Rooms whose `presence.left` of this connection the stream has given,
+    /// and after it only what that leave caused, until the connection is
+    /// back in. The room's events and the connection's `membership.left`
+    /// marker travel in two streams (two slots, on a Redis Cluster), so the
+    /// marker may come after later events of the room: the stream stops at
+    /// the leave itself.
+    left: HashMap<String, Left>,
+}
+
+/// Where a room's events stand after this connection's `presence.left`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    /// It was the last one out: the `session.ended` it caused still comes.
+    SessionEnding,
+    Done,
 }
 
 impl ConnStream {
@@ -143,6 +159,7 @@ impl ConnStream {
     }
 
     async fn follow(&mut self, topic: &str) -> Result<(), Error> {
+        self.left.remove(topic);
         if self.feeds.contains_key(topic) {
             return Ok(());
         }
@@ -157,6 +174,7 @@ impl ConnStream {
         self.feeds.remove(topic);
         self.receivers.remove(topic);
         self.positions.remove(topic);
+        self.left.remove(topic);
     }
 
     async fn rooms(&self) -> Result<Vec<String>, Error> {
@@ -263,8 +281,8 @@ impl ConnStream {
             self.follow(&room).await?;
             return Ok(vec![self.sync(&[room]).await?]);
         }
-        // Left: whatever happened in the room up to now (its presence.left
-        // included), then stop following it.
+        // Left: whatever happened in the room up to its presence.left
+        // (`frame` stops there), then stop following it.
         let at = self.positions.get(&room).copied().unwrap_or_default();
         let rest = read_after(&self.state.redis, &self.state.redis_keys, &room, at).await?;
         let frames = rest
@@ -286,15 +304,52 @@ impl ConnStream {
             return None;
         }
         self.positions.insert(topic.to_owned(), event.position);
-        let own_change_in_a_room = topic != self.own
-            && event.kind == "connection.metadata.updated"
-            && serde_json::from_str::<Value>(&event.data)
-                .is_ok_and(|data| data["connection_id"] == self.id.as_str());
-        if own_change_in_a_room {
-            // It comes once, from the connection's own topic.
+        if topic != self.own && !self.passes(topic, event) {
             return None;
         }
         Some(frame::encode(&self.cursor(), &event.kind, &event.data))
+    }
+
+    /// Whether a room's event belongs in this stream, following the
+    /// connection's own leaves and joins as the room's events tell them.
+    fn passes(&mut self, topic: &str, event: &StoredEvent) -> bool {
+        let kind = event.kind.as_str();
+        let about = if matches!(
+            kind,
+            "presence.left" | "presence.joined" | "connection.metadata.updated"
+        ) {
+            serde_json::from_str::<Value>(&event.data).ok()
+        } else {
+            None
+        };
+        let own = about
+            .as_ref()
+            .is_some_and(|data| data["connection_id"] == self.id.as_str());
+        match (kind, own, self.left.get(topic)) {
+            // It comes once, from the connection's own topic.
+            ("connection.metadata.updated", true, _) => false,
+            ("presence.left", true, _) => {
+                let last = about.is_some_and(|data| data["occupancy"] == 0);
+                let state = if last {
+                    Left::SessionEnding
+                } else {
+                    Left::Done
+                };
+                self.left.insert(topic.to_owned(), state);
+                true
+            }
+            // In again before the leave's marker came (a join that raced
+            // the leave keeps the room in the connection's rooms).
+            ("presence.joined", true, _) => {
+                self.left.remove(topic);
+                true
+            }
+            ("session.ended", _, Some(Left::SessionEnding)) => {
+                self.left.insert(topic.to_owned(), Left::Done);
+                true
+            }
+            (_, _, left) => left.is_none(),
+        }
     }
 
     async fn run(mut self, first: Vec<Bytes>, sender: mpsc::Sender<Bytes>, refresh: Duration) {
