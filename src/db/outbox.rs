@@ -9,7 +9,9 @@ use sqlx::{FromRow, PgConnection, PgExecutor};
 use crate::events::Event;
 
 /// Records `event` in the current transaction with the room's next
-/// sequence number; fills in the event's `outbox` position.
+/// sequence number; fills in the event's `outbox` position. A room
+/// metadata write records its event in its own UPDATE statement instead
+/// ([`crate::db::rooms::store_metadata`]): the same columns, kept alike.
 #[tracing::instrument(skip_all, fields(event = event.kind))]
 pub async fn record(conn: &mut PgConnection, event: &mut Event) -> sqlx::Result<()> {
     // One round trip: the room's next sequence number (its row is already
