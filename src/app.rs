@@ -32,6 +32,7 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
     );
     let outbox_marks = OutboxMarks::spawn(db.clone(), lifecycle.clone());
     Ok(AppState {
+        bounds: crate::bounds::Bounds::new(&settings),
         db,
         redis,
         redis_keys,

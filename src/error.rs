@@ -24,6 +24,15 @@ pub enum Error {
         code: &'static str,
         detail: String,
     },
+    /// A bound on shared capacity is reached: retry after `retry_after`
+    /// seconds (429 for a per-client quota, 503 for instance-wide capacity).
+    #[error("{code}: {detail}")]
+    Busy {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+        retry_after: u64,
+    },
     /// No token, or a token we cannot trust (RFC 6750 `invalid_token`).
     #[error("invalid token: {0}")]
     Unauthorized(String),
@@ -63,6 +72,21 @@ impl Error {
         Self::client(StatusCode::NOT_FOUND, code, detail)
     }
 
+    /// A bound is reached; the client may retry after `retry_after` seconds.
+    pub fn busy(
+        status: StatusCode,
+        code: &'static str,
+        detail: impl Into<String>,
+        retry_after: u64,
+    ) -> Self {
+        Self::Busy {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: retry_after.max(1),
+        }
+    }
+
     /// 412 Precondition Failed.
     pub fn precondition_failed(code: &'static str, detail: impl Into<String>) -> Self {
         Self::client(StatusCode::PRECONDITION_FAILED, code, detail)
@@ -71,7 +95,7 @@ impl Error {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Client { status, .. } => *status,
+            Self::Client { status, .. } | Self::Busy { status, .. } => *status,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::DatabaseUnavailable(_) | Self::RedisUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -82,7 +106,9 @@ impl Error {
 
     fn problem(&self) -> ProblemDetails {
         let (code, detail) = match self {
-            Self::Client { code, detail, .. } => (*code, detail.clone()),
+            Self::Client { code, detail, .. } | Self::Busy { code, detail, .. } => {
+                (*code, detail.clone())
+            }
             Self::Unauthorized(detail) => ("invalid-token", detail.clone()),
             Self::DatabaseUnavailable(_) => (
                 "database-unavailable",
@@ -148,7 +174,7 @@ impl IntoResponse for Error {
             Self::Internal(err) => tracing::error!(error = ?err, "request failed"),
             Self::DatabaseUnavailable(err) => tracing::warn!(error = %err, "postgres unavailable"),
             Self::RedisUnavailable(err) => tracing::warn!(error = %err, "redis unavailable"),
-            Self::Client { .. } | Self::Unauthorized(_) => {}
+            Self::Client { .. } | Self::Busy { .. } | Self::Unauthorized(_) => {}
         }
         let mut response = self.problem().into_response();
         let headers = response.headers_mut();
@@ -164,6 +190,9 @@ impl IntoResponse for Error {
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECONDS),
                 );
+            }
+            Self::Busy { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

@@ -5,7 +5,7 @@ use std::fmt;
 use crate::error::Error;
 
 /// Longest room id: one leading character plus 127 more.
-const ROOM_ID_MAX_LEN: usize = 128;
+pub const ROOM_ID_MAX_LEN: usize = 128;
 
 /// A room name chosen by the caller, matching `^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::auth::JwtKeys;
+use crate::bounds::Bounds;
 use crate::cache::{Keys, Redis};
 use crate::config::Settings;
 use crate::document::DocumentCache;
@@ -30,6 +31,8 @@ pub struct AppState {
     /// Batches "published" marks for outbox rows.
     pub outbox_marks: OutboxMarks,
     pub metrics: PrometheusHandle,
+    /// What one client's requests may hold of this instance's capacity.
+    pub bounds: Bounds,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {

@@ -6,6 +6,7 @@ mod demo;
 mod occupancy;
 mod ops;
 mod pagination;
+mod room_list;
 mod rooms;
 mod sessions;
 mod streams;

@@ -11,10 +11,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
 use super::sessions::SessionOut;
-use crate::auth::{Action, AuthUser, Delete, Read, RoomAccess, WriteRoom};
-use crate::db::rooms::{self as db, ListQuery, RoomRow};
+use crate::auth::{Delete, Read, RoomAccess, WriteRoom};
+use crate::db::rooms::{self as db, RoomRow};
 use crate::db::{outbox, sessions};
 use crate::document::cache::{CachedDocument, Lookup};
 use crate::document::{Preconditions, Write, etag};
@@ -25,13 +24,9 @@ use crate::ids::RoomId;
 use crate::presence::occupancy;
 use crate::state::AppState;
 
-const MAX_WHERE_BYTES: usize = 4096;
-/// Bound on a listing with a `where` filter: `like_regex` can be expensive.
-const WHERE_TIMEOUT: &str = "2s";
-
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list_rooms))
+        .routes(routes!(super::room_list::list_rooms))
         .routes(routes!(get_room, delete_room))
         .routes(routes!(
             get_room_metadata,
@@ -65,7 +60,7 @@ pub struct RoomOut {
 
 impl RoomOut {
     /// The room with its live occupancy (Redis) and active session (Postgres).
-    async fn load(state: &AppState, row: RoomRow) -> Result<Self, Error> {
+    pub(super) async fn load(state: &AppState, row: RoomRow) -> Result<Self, Error> {
         let occupancy = occupancy::occupancy(state, &row.id).await?;
         let session = sessions::active(&state.db, &row.id)
             .await?
@@ -80,122 +75,6 @@ impl RoomOut {
             session,
         })
     }
-}
-
-/// Filters and paging for `GET /v1/rooms`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// Only rooms whose id starts with this.
-    prefix: Option<String>,
-    /// A Postgres jsonpath predicate on the metadata, e.g.
-    /// `$.type == "public" && $.members < $.max`.
-    #[serde(rename = "where")]
-    #[param(rename = "where")]
-    filter: Option<String>,
-    /// Page size, 1–500 (default 50).
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
-/// List the rooms the caller may `read`.
-///
-/// Ordered by id; filter by `prefix` and by a jsonpath `where` predicate
-/// evaluated on the metadata.
-#[utoipa::path(
-    get, path = "/v1/rooms", tag = "rooms", operation_id = "rooms.list",
-    params(ListParams),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "A page of rooms", body = Page<RoomOut>),
-        (status = 400, description = "Bad limit, cursor or where expression", body = ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres or Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
-    )
-)]
-async fn list_rooms(
-    user: AuthUser,
-    State(state): State<AppState>,
-    Query(params): Query<ListParams>,
-) -> Result<Json<Page<RoomOut>>, Error> {
-    let limit = page_limit(params.limit)?;
-    let after = params
-        .cursor
-        .as_deref()
-        .map(decode_cursor)
-        .transpose()?
-        .map(|id| match RoomId::parse(&id) {
-            Ok(_) => Ok(id),
-            Err(_) => Err(Error::bad_request(
-                "invalid-cursor",
-                "cursor is not one this server issued",
-            )),
-        })
-        .transpose()?;
-    if params
-        .filter
-        .as_ref()
-        .is_some_and(|f| f.len() > MAX_WHERE_BYTES)
-    {
-        return Err(Error::bad_request(
-            "invalid-where",
-            format!("where is limited to {MAX_WHERE_BYTES} bytes"),
-        ));
-    }
-    let access = user.permissions.filter_for(Action::Read);
-    let query = ListQuery {
-        access: &access,
-        prefix: params.prefix.as_deref(),
-        filter: params.filter.as_deref(),
-        after: after.as_deref(),
-        // One extra row tells whether another page follows.
-        limit: limit as i64 + 1,
-    };
-    let mut tx = crate::db::begin(&state.db).await?;
-    if query.filter.is_some() {
-        sqlx::query("select set_config('statement_timeout', $1, true)")
-            .bind(WHERE_TIMEOUT)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let mut rows = db::list(&mut tx, &query)
-        .await
-        .map_err(|err| where_error(err, query.filter.is_some()))?;
-    tx.commit().await?;
-    let next_cursor = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(|row| encode_cursor(&row.id))
-    } else {
-        None
-    };
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows {
-        items.push(RoomOut::load(&state, row).await?);
-    }
-    Ok(Json(Page { items, next_cursor }))
-}
-
-/// A bad jsonpath is the client's mistake: syntax errors (42601), data
-/// exceptions (class 22) and our statement timeout (57014) become 400s.
-fn where_error(err: sqlx::Error, has_filter: bool) -> Error {
-    if let (true, sqlx::Error::Database(db)) = (has_filter, &err) {
-        let code = db.code().unwrap_or_default();
-        if code == "57014" {
-            return Error::bad_request(
-                "invalid-where",
-                format!("the where expression took longer than {WHERE_TIMEOUT}"),
-            );
-        }
-        if code == "42601" || code.starts_with("22") {
-            return Error::bad_request(
-                "invalid-where",
-                format!("invalid jsonpath in where: {}", db.message()),
-            );
-        }
-    }
-    err.into()
 }
 
 /// Get a room: metadata, version, timestamps, occupancy, active session.

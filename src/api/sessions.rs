@@ -344,13 +344,19 @@ async fn list_sessions(
     }))
 }
 
+/// 9999-12-31T23:59:59.999999Z.
+const MAX_HISTORY_MICROS: i64 = 253_402_300_799_999_999;
+
 fn history_position(cursor: &str) -> Result<(DateTime<Utc>, Uuid), Error> {
     let invalid = || Error::bad_request("invalid-cursor", "cursor is not one this server issued");
     let position = decode_cursor(cursor)?;
     let (micros, id) = position.split_once('/').ok_or_else(invalid)?;
+    // Sessions start after 1970 and before 10000: outside that, Postgres
+    // may not even hold the time, and no issued cursor points there.
     let at = micros
         .parse::<i64>()
         .ok()
+        .filter(|micros| (0..=MAX_HISTORY_MICROS).contains(micros))
         .and_then(DateTime::from_timestamp_micros)
         .ok_or_else(invalid)?;
     let id = Uuid::try_parse(id).map_err(|_| invalid())?;

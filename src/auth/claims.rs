@@ -129,16 +129,6 @@ pub struct Permissions {
     rooms: Vec<(RoomPattern, Vec<Action>)>,
 }
 
-/// Which rooms a caller may list, in a form SQL can apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoomAccessFilter {
-    All,
-    Some {
-        exact: Vec<String>,
-        prefixes: Vec<String>,
-    },
-}
-
 impl Permissions {
     /// Validates the claim: every pattern and action must be well formed, so
     /// a token of the wrong shape is rejected rather than half-understood.
@@ -169,24 +159,12 @@ impl Permissions {
                 .any(|(pattern, actions)| actions.contains(&action) && pattern.matches(room))
     }
 
-    /// The rooms on which the token allows `action`.
-    pub fn filter_for(&self, action: Action) -> RoomAccessFilter {
-        if self.admin {
-            return RoomAccessFilter::All;
-        }
-        let mut exact = Vec::new();
-        let mut prefixes = Vec::new();
-        for (pattern, actions) in &self.rooms {
-            if !actions.contains(&action) {
-                continue;
-            }
-            match pattern {
-                RoomPattern::Prefix(prefix) if prefix.is_empty() => return RoomAccessFilter::All,
-                RoomPattern::Prefix(prefix) => prefixes.push(prefix.clone()),
-                RoomPattern::Exact(name) => exact.push(name.clone()),
-            }
-        }
-        RoomAccessFilter::Some { exact, prefixes }
+    /// The patterns under which the token allows `action` (admin aside).
+    pub fn patterns_for(&self, action: Action) -> impl Iterator<Item = &RoomPattern> {
+        self.rooms
+            .iter()
+            .filter(move |(_, actions)| actions.contains(&action))
+            .map(|(pattern, _)| pattern)
     }
 }
 
@@ -297,7 +275,6 @@ mod tests {
             rooms: Vec::new(),
         };
         assert!(p.allows(&room("x"), Action::Delete));
-        assert_eq!(p.filter_for(Action::Read), RoomAccessFilter::All);
     }
 
     #[test]
@@ -307,25 +284,5 @@ mod tests {
             ..MetacastClaim::default()
         };
         assert!(Permissions::from_claim(&claim).is_err());
-    }
-
-    #[test]
-    fn list_filter_collects_readable_patterns() {
-        let p = permissions(&[
-            ("lobby", &["read"]),
-            ("team-*", &["read"]),
-            ("x", &["join"]),
-        ]);
-        assert_eq!(
-            p.filter_for(Action::Read),
-            RoomAccessFilter::Some {
-                exact: vec!["lobby".into()],
-                prefixes: vec!["team-".into()]
-            }
-        );
-        assert_eq!(
-            permissions(&[("*", &["read"])]).filter_for(Action::Read),
-            RoomAccessFilter::All
-        );
     }
 }

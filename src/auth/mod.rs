@@ -3,10 +3,12 @@
 mod claims;
 mod extract;
 mod keys;
+mod ranges;
 
-pub use claims::{Action, Claims, MetacastClaim, Permissions, RoomAccessFilter, RoomPattern};
+pub use claims::{Action, Claims, MetacastClaim, Permissions, RoomPattern};
 pub use extract::{
     AuthUser, Delete, Join, Moderate, Read, RoomAccess, RoomAction, RoomPath, WriteRoom,
     WriteSession,
 };
 pub use keys::{JwtKeys, JwtSettings, TokenRequest};
+pub use ranges::{IdRange, RoomRanges};

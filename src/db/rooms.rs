@@ -6,7 +6,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
 
-use crate::auth::RoomAccessFilter;
+use crate::auth::RoomRanges;
 use crate::events::Event;
 
 /// A room as stored, tombstones included.
@@ -153,43 +153,54 @@ pub async fn tombstone(conn: &mut PgConnection, id: &str) -> sqlx::Result<()> {
 /// Filters of a room listing.
 #[derive(Debug, Clone)]
 pub struct ListQuery<'a> {
-    pub access: &'a RoomAccessFilter,
-    pub prefix: Option<&'a str>,
+    /// The ids to look at: readable, within the prefix, after the cursor.
+    pub ranges: &'a RoomRanges,
     /// A Postgres jsonpath predicate over the metadata.
     pub filter: Option<&'a str>,
-    /// Only rooms whose id sorts after this one.
-    pub after: Option<&'a str>,
     pub limit: i64,
 }
 
+/// Above every room id (they are ASCII up to `z`): the top of an unbounded
+/// range.
+const ABOVE_ALL_IDS: &str = "\u{7f}";
+
 /// Live rooms matching `query`, in id order.
+///
+/// Each range is its own primary-key scan, and the filter sits inside a
+/// `case` on the range test: a jsonpath never runs on a document outside
+/// the ranges, whatever order the planner picks for the conditions.
 #[tracing::instrument(skip_all)]
 pub async fn list(conn: &mut PgConnection, query: &ListQuery<'_>) -> sqlx::Result<Vec<RoomRow>> {
-    let (all, exact, prefixes) = match query.access {
-        RoomAccessFilter::All => (true, &[][..], &[][..]),
-        RoomAccessFilter::Some { exact, prefixes } => (false, &exact[..], &prefixes[..]),
-    };
-    // `id >= prefix` lets the primary key narrow the scan; starts_with() is
-    // exact where LIKE would treat `_` in room ids as a wildcard.
+    let (lo, hi): (Vec<&str>, Vec<&str>) = query
+        .ranges
+        .ranges()
+        .iter()
+        .map(|range| {
+            (
+                range.lo.as_str(),
+                range.hi.as_deref().unwrap_or(ABOVE_ALL_IDS),
+            )
+        })
+        .unzip();
     sqlx::query_as(
-        "select id, metadata, version, created_at, updated_at, deleted_at
-         from rooms
-         where deleted_at is null
-           and ($1::text is null or (id >= $1 and starts_with(id, $1)))
-           and ($2 or id = any($3)
-                or exists (select 1 from unnest($4::text[]) as p(prefix)
-                           where starts_with(rooms.id, p.prefix)))
-           and ($5::text is null or metadata @@ $5::text::jsonpath)
-           and ($6::text is null or id > $6)
-         order by id
-         limit $7",
+        "select r.id, r.metadata, r.version, r.created_at, r.updated_at, r.deleted_at
+         from unnest($1::text[], $2::text[]) as g(lo, hi)
+         cross join lateral (
+             select id, metadata, version, created_at, updated_at, deleted_at
+             from rooms
+             where id >= g.lo and id < g.hi and deleted_at is null
+               and case when id >= g.lo and id < g.hi and deleted_at is null
+                        then $3::text is null or metadata @@ $3::text::jsonpath
+                        else false end
+             order by id
+             limit $4
+         ) as r
+         order by r.id
+         limit $4",
     )
-    .bind(query.prefix)
-    .bind(all)
-    .bind(exact)
-    .bind(prefixes)
+    .bind(lo)
+    .bind(hi)
     .bind(query.filter)
-    .bind(query.after)
     .bind(query.limit)
     .fetch_all(conn)
     .await

@@ -14,6 +14,7 @@ mod connection_streams;
 mod connections;
 mod document_cache;
 mod errors;
+mod filters;
 mod helpers;
 #[path = "../common/history.rs"]
 mod history;
