@@ -17,7 +17,8 @@ use utoipa_axum::routes;
 
 use super::pagination::{Page, decode_cursor, encode_cursor, page_limit};
 use super::rooms::{StrategyParams, content_type, not_modified, with_etag};
-use crate::auth::{Action, AuthUser};
+use crate::auth::AuthUser;
+use crate::auth::policy::{self, ConnectionRule, Manage, View, WriteMetadata};
 use crate::document::{Preconditions, Write, json_body};
 use crate::error::{Error, ProblemDetails};
 use crate::extract::{Body, Query};
@@ -35,56 +36,6 @@ pub fn router() -> OpenApiRouter<AppState> {
             put_connection_metadata,
             patch_connection_metadata
         ))
-}
-
-/// What a caller may do with a connection.
-pub trait ConnectionRule {
-    /// Whether `user` may act on `conn`; only asked of callers who can see it.
-    fn allows(user: &AuthUser, conn: &Connection) -> bool;
-    const DENIED: &'static str;
-}
-
-/// See it: the owner, an admin, or `read` on a room it is in.
-pub struct View;
-/// Heartbeat or disconnect it: the owner or an admin.
-pub struct Manage;
-/// Write its metadata: the owner with `own_metadata`, an admin, or
-/// `moderate` on a room it is in.
-pub struct WriteMetadata;
-
-/// Whether `user` owns `conn` (an admin counts as every connection's owner).
-pub fn owns(user: &AuthUser, conn: &Connection) -> bool {
-    user.permissions.admin || user.subject == conn.owner
-}
-
-fn in_room_with(user: &AuthUser, conn: &Connection, action: Action) -> bool {
-    conn.rooms
-        .keys()
-        .filter_map(|room| RoomId::parse(room).ok())
-        .any(|room| user.permissions.allows(&room, action))
-}
-
-impl ConnectionRule for View {
-    fn allows(user: &AuthUser, conn: &Connection) -> bool {
-        owns(user, conn) || in_room_with(user, conn, Action::Read)
-    }
-    const DENIED: &'static str = "not visible";
-}
-
-impl ConnectionRule for Manage {
-    fn allows(user: &AuthUser, conn: &Connection) -> bool {
-        owns(user, conn)
-    }
-    const DENIED: &'static str = "only the connection's owner may do this";
-}
-
-impl ConnectionRule for WriteMetadata {
-    fn allows(user: &AuthUser, conn: &Connection) -> bool {
-        user.permissions.admin
-            || (user.subject == conn.owner && user.permissions.own_metadata)
-            || in_room_with(user, conn, Action::Moderate)
-    }
-    const DENIED: &'static str = "writing this connection's metadata needs own_metadata (owner) or moderate in one of its rooms";
 }
 
 /// The connection in the path, loaded and checked against rule `R`: a
@@ -105,39 +56,13 @@ impl<R: ConnectionRule> FromRequestParts<AppState> for ConnectionAccess<R> {
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         let id = connection_id(parts, state).await?;
-        let connection = authorize(
-            &user,
-            &id,
-            connections::load(state, &id).await?,
-            |conn| R::allows(&user, conn),
-            R::DENIED,
-        )?;
+        let connection =
+            policy::authorize_as::<R>(&user, &id, connections::load(state, &id).await?)?;
         Ok(Self {
             user,
             connection,
             rule: PhantomData,
         })
-    }
-}
-
-/// Decides a request on connection `id` (`loaded`, if it exists) that
-/// `allowed` permits: a connection the caller can neither see nor act on is
-/// a 404, so its existence stays hidden (SPEC §6); one it sees but may not
-/// act on is a 403 with `denied`.
-pub fn authorize(
-    user: &AuthUser,
-    id: &str,
-    loaded: Option<Connection>,
-    allowed: impl Fn(&Connection) -> bool,
-    denied: &str,
-) -> Result<Connection, Error> {
-    let connection = loaded
-        .filter(|conn| View::allows(user, conn) || allowed(conn))
-        .ok_or_else(|| connections::not_found(id))?;
-    if allowed(&connection) {
-        Ok(connection)
-    } else {
-        Err(Error::forbidden(denied))
     }
 }
 
@@ -189,14 +114,16 @@ pub struct ConnectionOut {
     pub expires_at: DateTime<Utc>,
 }
 
-impl From<Connection> for ConnectionOut {
-    fn from(conn: Connection) -> Self {
+impl ConnectionOut {
+    /// The connection as `viewer` is shown it: only the rooms it may see.
+    pub fn seen_by(viewer: &AuthUser, conn: Connection) -> Self {
+        let rooms = policy::visible_rooms(viewer, &conn);
         Self {
             id: conn.id,
             owner: conn.owner,
             metadata: conn.metadata,
             version: conn.version,
-            rooms: conn.rooms.into_keys().collect(),
+            rooms,
             created_at: conn.created_at,
             expires_at: conn.expires_at,
         }
@@ -278,7 +205,7 @@ async fn create_connection(
     }
     let conn = connections::create(&state, &user.subject, input.metadata, ttl).await?;
     let location = format!("/v1/connections/{}", conn.id);
-    let mut response = with_etag(conn.version, Json(ConnectionOut::from(conn)));
+    let mut response = with_etag(conn.version, Json(ConnectionOut::seen_by(&user, conn)));
     *response.status_mut() = StatusCode::CREATED;
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -318,7 +245,7 @@ async fn list_connections(
 ) -> Result<Json<Page<ConnectionOut>>, Error> {
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
-    let mine = |conn: &Connection| user.permissions.admin || conn.owner == user.subject;
+    let mine = |conn: &Connection| policy::owns(&user, conn);
     let mut items = Vec::with_capacity(limit + 1);
     if let Some(room) = params.room.as_deref() {
         let room = RoomId::parse(room)?;
@@ -337,7 +264,7 @@ async fn list_connections(
             }
         }
     } else {
-        let index = if user.permissions.admin {
+        let index = if policy::lists_all_connections(&user) {
             state.redis_keys.all_connections()
         } else {
             state.redis_keys.subject_connections(&user.subject)
@@ -365,7 +292,10 @@ async fn list_connections(
         None
     };
     Ok(Json(Page {
-        items: items.into_iter().map(ConnectionOut::from).collect(),
+        items: items
+            .into_iter()
+            .map(|conn| ConnectionOut::seen_by(&user, conn))
+            .collect(),
         next_cursor,
     }))
 }
@@ -386,7 +316,10 @@ async fn list_connections(
 )]
 async fn get_connection(access: ConnectionAccess<View>) -> Response {
     let conn = access.connection;
-    with_etag(conn.version, Json(ConnectionOut::from(conn)))
+    with_etag(
+        conn.version,
+        Json(ConnectionOut::seen_by(&access.user, conn)),
+    )
 }
 
 /// Disconnect: the connection leaves every room (`presence.left`, reason

@@ -11,10 +11,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::connections::{ConnectionPath, authorize, owns};
+use super::connections::ConnectionPath;
 use super::pagination::{Page, PageParams, decode_cursor, encode_cursor, page_limit};
 use super::rooms::find_room;
-use crate::auth::{Action, AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
+use crate::auth::policy::{self, Manage, RoomView};
+use crate::auth::{AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
 use crate::error::{Error, ProblemDetails};
 use crate::events::{self, Event};
 use crate::extract::Query;
@@ -40,10 +41,10 @@ pub struct Membership {
     pub room: String,
     pub connection_id: String,
     pub joined_at: DateTime<Utc>,
-    /// Connections in the room after the join.
-    pub occupancy: i64,
-    /// The room's active session.
-    pub session_id: String,
+    /// Connections in the room after the join; null without `read` on it.
+    pub occupancy: Option<i64>,
+    /// The room's active session; null without `read` on it.
+    pub session_id: Option<String>,
 }
 
 /// Join a connection to a room (needs `join`; only its owner or an admin).
@@ -83,15 +84,7 @@ async fn join_room(
         &access.room,
         &id,
         owner,
-        |loaded| {
-            authorize(
-                user,
-                &id,
-                loaded,
-                |conn| owns(user, conn),
-                "only the connection's owner may join it to a room",
-            )
-        },
+        |loaded| policy::authorize_as::<Manage>(user, &id, loaded),
         &user.subject,
     )
     .await?;
@@ -100,12 +93,14 @@ async fn join_room(
     } else {
         StatusCode::OK
     };
+    // Join alone lets a client be present, not read the room.
+    let reads = policy::room_view(user, access.room.as_str()) == RoomView::Full;
     let body = Membership {
         room: access.room.to_string(),
         connection_id: conn.id,
         joined_at: joined.joined_at,
-        occupancy: joined.occupancy,
-        session_id: joined.session_id,
+        occupancy: reads.then_some(joined.occupancy),
+        session_id: reads.then_some(joined.session_id),
     };
     Ok((status, Json(body)).into_response())
 }
@@ -135,24 +130,24 @@ async fn leave_room(
     ConnectionPath(id): ConnectionPath,
     State(state): State<AppState>,
 ) -> Result<StatusCode, Error> {
-    let moderates = user.permissions.allows(&room, Action::Moderate);
+    let rights = policy::leave_rights(&user, &room);
     let caller = Remover::Caller {
-        subject: (!user.permissions.admin).then_some(user.subject.as_str()),
-        moderates,
+        subject: rights.subject,
+        moderates: rights.moderates,
     };
     if occupancy::leave(&state, room.as_str(), &id, caller, &user.subject).await? == Leave::Left {
         return Ok(StatusCode::NO_CONTENT);
     }
     // Refused or not in the room: decided from the connection itself, as
     // for any request on it (404 when the caller may not see it, else 403).
-    let conn = authorize(
+    let conn = policy::authorize(
         &user,
         &id,
         connections::load(&state, &id).await?,
-        |conn| owns(&user, conn) || moderates,
+        |conn| policy::owns(&user, conn) || rights.moderates,
         &format!("only the connection's owner, or moderate on room {room}, may remove it"),
     )?;
-    let reason = if owns(&user, &conn) {
+    let reason = if policy::owns(&user, &conn) {
         "left"
     } else {
         "evicted"

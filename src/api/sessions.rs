@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::pagination::{Page, PageParams, decode_cursor, encode_cursor, page_limit};
 use super::rooms::{StrategyParams, content_type, not_modified, with_etag};
+use crate::auth::policy;
 use crate::auth::{Action, AuthUser, Read, RoomAccess, WriteSession};
 use crate::db::outbox;
 use crate::db::sessions::{self as db, SessionRow};
@@ -381,9 +382,7 @@ async fn get_session_by_id(
     SessionPath(id): SessionPath,
     State(state): State<AppState>,
 ) -> Result<Json<SessionRecord>, Error> {
-    let visible = |row: &SessionRow| {
-        RoomId::parse(&row.room).is_ok_and(|room| user.permissions.allows(&room, Action::Read))
-    };
+    let visible = |row: &SessionRow| policy::may_in(&user, &row.room, Action::Read);
     let row = db::get(&state.db, id)
         .await?
         .filter(visible)

@@ -20,8 +20,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::connections::{ConnectionPath, authorize, owns};
+use super::connections::ConnectionPath;
 use super::rooms::find_room;
+use crate::auth::policy::{self, Manage};
 use crate::auth::{Action, AuthUser, RoomPath};
 use crate::error::{Error, ProblemDetails};
 use crate::events::subscriber::{self, Start};
@@ -183,11 +184,7 @@ async fn room_events(
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    if !user.permissions.allows(&room, Action::Read) {
-        return Err(Error::forbidden(format!(
-            "the token does not allow read on room {room}"
-        )));
-    }
+    policy::require(&user, &room, Action::Read)?;
     find_room(&state, &room).await?;
     let start = last_event_id(&headers, params).map_or(Start::Sync, Start::After);
     let frames = subscriber::open(&state, room.as_str(), start).await?;
@@ -271,14 +268,8 @@ async fn connection_events(
     Query(params): Query<StreamParams>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let conn = authorize(
-        &user,
-        &id,
-        connections::load(&state, &id).await?,
-        |conn| owns(&user, conn),
-        "only the connection's owner may open its stream",
-    )?;
+    let conn = policy::authorize_as::<Manage>(&user, &id, connections::load(&state, &id).await?)?;
     let cursor = last_event_id(&headers, params);
-    let frames = connection_stream::open(&state, &conn, cursor).await?;
+    let frames = connection_stream::open(&state, &user, &conn, cursor).await?;
     Ok(sse(&state, ReceiverStream::new(frames), user.expires_at))
 }

@@ -126,12 +126,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         let RoomPath(room) = RoomPath::from_request_parts(parts, state).await?;
-        if !user.permissions.allows(&room, A::ACTION) {
-            return Err(Error::forbidden(format!(
-                "the token does not allow {} on room {room}",
-                A::ACTION.as_str()
-            )));
-        }
+        super::policy::require(&user, &room, A::ACTION)?;
         Ok(Self {
             user,
             room,

@@ -3,6 +3,7 @@
 mod claims;
 mod extract;
 mod keys;
+pub mod policy;
 mod ranges;
 
 pub use claims::{Action, Claims, MetacastClaim, Permissions, RoomPattern};

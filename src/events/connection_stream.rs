@@ -6,6 +6,11 @@
 //! so a reconnect resumes every room exactly; a room whose history cannot
 //! cover the gap, or that was joined while the client was away, gets its own
 //! snapshot in a `sync`.
+//!
+//! A room the stream's caller may not read (a join-only member) shows only
+//! the connection's own membership: no snapshot in a `sync`, and of its
+//! events only this connection's `presence.joined` and `presence.left`,
+//! without the room's occupancy (see [`policy::room_view`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,6 +32,8 @@ use super::frame;
 use super::hub::{Delivery, Feed, StoredEvent, read_after, retained, stream_end};
 use super::ids::{StreamPosition, current_epoch};
 use super::subscriber::snapshot;
+use crate::auth::AuthUser;
+use crate::auth::policy::{self, RoomView};
 use crate::cache::{Keys, scripts};
 use crate::error::Error;
 use crate::presence::{Connection, connections};
@@ -58,11 +65,13 @@ const BUFFER: usize = 64;
 /// starts the grace period.
 pub async fn open(
     state: &AppState,
+    viewer: &AuthUser,
     conn: &Connection,
     cursor: Option<String>,
 ) -> Result<mpsc::Receiver<Bytes>, Error> {
     let mut stream = ConnStream {
         state: state.clone(),
+        viewer: viewer.clone(),
         id: conn.id.clone(),
         own: Keys::connection_topic(&conn.id),
         epoch: current_epoch(&state.redis, &state.redis_keys).await?,
@@ -121,6 +130,8 @@ async fn closed(state: &AppState, id: &str) {
 
 struct ConnStream {
     state: AppState,
+    /// Who opened the stream: what of each room it may be shown.
+    viewer: AuthUser,
     id: String,
     own: String,
     epoch: String,
@@ -245,7 +256,7 @@ impl ConnStream {
         for topic in topics {
             let end = stream_end(&self.state.redis, keys, topic).await?;
             self.positions.insert(topic.clone(), end);
-            if *topic != self.own {
+            if *topic != self.own && self.view(topic) == RoomView::Full {
                 rooms.insert(topic.clone(), snapshot(&self.state, topic).await?);
             }
         }
@@ -307,7 +318,30 @@ impl ConnStream {
         if topic != self.own && !self.passes(topic, event) {
             return None;
         }
+        if topic != self.own && self.view(topic) == RoomView::Membership {
+            let data = self.own_membership(event)?;
+            return Some(frame::encode(&self.cursor(), &event.kind, &data));
+        }
         Some(frame::encode(&self.cursor(), &event.kind, &event.data))
+    }
+
+    fn view(&self, room: &str) -> RoomView {
+        policy::room_view(&self.viewer, room)
+    }
+
+    /// For a room the viewer may not read: this connection's own joins and
+    /// leaves, without what they tell of the room.
+    fn own_membership(&self, event: &StoredEvent) -> Option<String> {
+        if !matches!(event.kind.as_str(), "presence.joined" | "presence.left") {
+            return None;
+        }
+        let mut data: Map<String, Value> = serde_json::from_str(&event.data).ok()?;
+        if data.get("connection_id").and_then(Value::as_str) != Some(self.id.as_str()) {
+            return None;
+        }
+        data.remove("occupancy");
+        data.remove("session_id");
+        Some(Value::Object(data).to_string())
     }
 
     /// Whether a room's event belongs in this stream, following the

@@ -1255,7 +1255,7 @@ async fn listing_pages_visit_each_connection_once(pool: PgPool) {
 #[sqlx::test]
 async fn join_answers_201_then_200_and_only_for_the_owner(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let alice = app.token_for("alice", &[("lobby", &["join"])]);
+    let alice = app.token_for("alice", &[("lobby", &["join", "read"])]);
     let id = create_id(&app, &alice).await;
     let uri = format!("/v1/rooms/lobby/connections/{id}");
 

@@ -23,6 +23,7 @@ mod ops;
 mod outbox;
 mod permissions;
 mod presence;
+mod read_rule;
 mod rooms;
 mod slow_bodies;
 mod sse;

@@ -136,7 +136,7 @@ async fn first_join_starts_a_session_and_last_leave_ends_it(pool: PgPool) {
 #[sqlx::test]
 async fn event_payloads_follow_the_spec(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let alice = app.token_for("alice", &[("lobby", &["join"])]);
+    let alice = app.token_for("alice", &[("lobby", &["join", "read"])]);
     let response = app
         .post("/v1/connections")
         .bearer(&alice)
