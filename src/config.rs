@@ -44,6 +44,8 @@ pub struct Settings {
     pub db_acquire_timeout: Duration,
     /// Upper bound for answering a (non-streaming) request.
     pub request_timeout: Duration,
+    /// Event streams one token subject may hold open on this instance.
+    pub max_streams_per_subject: usize,
     /// After SIGTERM, how long `/readyz` reports 503 while requests are still
     /// served, so load balancers stop sending traffic before we close.
     pub shutdown_drain: Duration,
@@ -131,6 +133,7 @@ impl Settings {
                 env.parse("METACAST_DB_ACQUIRE_TIMEOUT_MS", 1000)?,
             ),
             request_timeout: Duration::from_secs(env.parse("METACAST_REQUEST_TIMEOUT_SECS", 30)?),
+            max_streams_per_subject: env.parse("METACAST_MAX_STREAMS_PER_SUBJECT", 32)?,
             shutdown_drain: Duration::from_secs(env.parse("METACAST_SHUTDOWN_DRAIN_SECS", 5)?),
             presence: PresenceSettings {
                 default_ttl: Duration::from_secs(env.parse("METACAST_CONNECTION_TTL_SECS", 30)?),
@@ -173,6 +176,9 @@ impl Settings {
         }
         if self.db_max_connections == 0 {
             bail!("METACAST_DB_MAX_CONNECTIONS must be positive");
+        }
+        if self.max_streams_per_subject == 0 {
+            bail!("METACAST_MAX_STREAMS_PER_SUBJECT must be positive");
         }
         let presence = &self.presence;
         if presence.min_ttl.is_zero() || presence.min_ttl > presence.max_ttl {

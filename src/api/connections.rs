@@ -23,7 +23,7 @@ use crate::document::{Preconditions, Write, json_body};
 use crate::error::{Error, ProblemDetails};
 use crate::extract::{Body, Query};
 use crate::ids::{RoomId, parse_uuid};
-use crate::presence::{Connection, connections, occupancy};
+use crate::presence::{Connection, connections, occupants};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -245,46 +245,20 @@ async fn list_connections(
 ) -> Result<Json<Page<ConnectionOut>>, Error> {
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
-    let mine = |conn: &Connection| policy::owns(&user, conn);
-    let mut items = Vec::with_capacity(limit + 1);
-    if let Some(room) = params.room.as_deref() {
-        let room = RoomId::parse(room)?;
-        // A room's occupants are one hash; paging happens over its sorted ids.
-        for occupant in occupancy::occupants(&state, room.as_str()).await? {
-            let conn = occupant.connection;
-            if after
-                .as_deref()
-                .is_none_or(|after| conn.id.as_str() > after)
-                && mine(&conn)
-            {
-                items.push(conn);
-                if items.len() > limit {
-                    break;
-                }
-            }
+    let mut items = match params.room.as_deref() {
+        Some(room) => {
+            let room = RoomId::parse(room)?;
+            in_room(&state, &user, &room, after, limit).await?
         }
-    } else {
-        let index = if policy::lists_all_connections(&user) {
-            state.redis_keys.all_connections()
-        } else {
-            state.redis_keys.subject_connections(&user.subject)
-        };
-        let mut after = after;
-        // Ids whose connection just ended are skipped; keep reading until full.
-        loop {
-            let ids = connections::page_ids(&state, &index, after.as_deref(), limit + 1).await?;
-            let exhausted = ids.len() <= limit;
-            for id in &ids {
-                if let Some(conn) = connections::load(&state, id).await? {
-                    items.push(conn);
-                }
-            }
-            after = ids.last().cloned();
-            if exhausted || items.len() > limit {
-                break;
-            }
+        None => {
+            let index = if policy::lists_all_connections(&user) {
+                state.redis_keys.all_connections()
+            } else {
+                state.redis_keys.subject_connections(&user.subject)
+            };
+            from_index(&state, &index, after, limit + 1, |_| true).await?
         }
-    }
+    };
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|conn| encode_cursor(&conn.id))
@@ -298,6 +272,73 @@ async fn list_connections(
             .collect(),
         next_cursor,
     }))
+}
+
+/// Up to `want` live connections of `index` after `after`, in id order,
+/// that pass `keep`. Ids whose connection just ended are skipped; reading
+/// goes on until the page is full or the index ends.
+async fn from_index(
+    state: &AppState,
+    index: &str,
+    mut after: Option<String>,
+    want: usize,
+    keep: impl Fn(&Connection) -> bool,
+) -> Result<Vec<Connection>, Error> {
+    let mut items = Vec::with_capacity(want);
+    loop {
+        let ids = connections::page_ids(state, index, after.as_deref(), want).await?;
+        let exhausted = ids.len() < want;
+        for id in &ids {
+            if let Some(conn) = connections::load(state, id).await?
+                && keep(&conn)
+            {
+                items.push(conn);
+            }
+        }
+        after = ids.last().cloned();
+        if exhausted || items.len() >= want {
+            items.truncate(want);
+            return Ok(items);
+        }
+    }
+}
+
+/// The caller's connections in `room` (an admin's: all of them), one more
+/// than `limit` if there are more. What this reads is bounded by the page
+/// (admin) or by the caller's own connections (the per-subject quota),
+/// never by how many others are in the room.
+async fn in_room(
+    state: &AppState,
+    user: &AuthUser,
+    room: &RoomId,
+    after: Option<String>,
+    limit: usize,
+) -> Result<Vec<Connection>, Error> {
+    let in_it = |conn: &Connection| conn.rooms.contains_key(room.as_str());
+    if !policy::lists_all_connections(user) {
+        let index = state.redis_keys.subject_connections(&user.subject);
+        return from_index(state, &index, after, limit + 1, in_it).await;
+    }
+    let mut items = Vec::with_capacity(limit + 1);
+    let mut after = after;
+    loop {
+        let page = occupants::page(
+            state,
+            room.as_str(),
+            after.as_deref(),
+            limit + 1 - items.len(),
+        )
+        .await?;
+        for occupant in &page.occupants {
+            if let Some(conn) = connections::load(state, &occupant.id).await? {
+                items.push(conn);
+            }
+        }
+        match page.next {
+            Some(next) if items.len() <= limit => after = Some(next),
+            _ => return Ok(items),
+        }
+    }
 }
 
 /// Get a connection (the owner, an admin, or `read` on a room it is in).

@@ -20,7 +20,7 @@ use crate::error::{Error, ProblemDetails};
 use crate::events::{self, Event};
 use crate::extract::Query;
 use crate::presence::occupancy::{Leave, Remover};
-use crate::presence::{connections, occupancy};
+use crate::presence::{connections, occupancy, occupants};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -193,22 +193,22 @@ async fn list_occupants(
 ) -> Result<Json<Page<OccupantOut>>, Error> {
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
-    let mut items: Vec<OccupantOut> = occupancy::occupants(&state, access.room.as_str())
-        .await?
-        .into_iter()
-        .filter(|o| {
-            after
-                .as_deref()
-                .is_none_or(|after| o.connection.id.as_str() > after)
-        })
-        .take(limit + 1)
-        .map(|o| OccupantOut {
-            id: o.connection.id,
-            owner: o.connection.owner,
-            metadata: o.connection.metadata,
+    let room = access.room.as_str();
+    let mut items = Vec::with_capacity(limit + 1);
+    let mut after = after;
+    loop {
+        let page = occupants::page(&state, room, after.as_deref(), limit + 1 - items.len()).await?;
+        items.extend(page.occupants.into_iter().map(|o| OccupantOut {
+            id: o.id,
+            owner: o.owner,
+            metadata: o.metadata,
             joined_at: o.joined_at,
-        })
-        .collect();
+        }));
+        match page.next {
+            Some(next) if items.len() <= limit => after = Some(next),
+            _ => break,
+        }
+    }
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
         items.last().map(|o| encode_cursor(&o.id))

@@ -24,6 +24,7 @@ use super::connections::ConnectionPath;
 use super::rooms::find_room;
 use crate::auth::policy::{self, Manage};
 use crate::auth::{Action, AuthUser, RoomPath};
+use crate::bounds::StreamSlot;
 use crate::error::{Error, ProblemDetails};
 use crate::events::subscriber::{self, Start};
 use crate::events::{connection_stream, frame};
@@ -174,6 +175,8 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         (status = 401, description = "Missing or invalid token, or a spent ticket", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 403, description = "The token does not allow read on this room", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "No such room", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 429, description = "The token's subject holds too many streams open (`too-many-streams`)", body = ProblemDetails, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "Postgres or Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]
@@ -185,10 +188,11 @@ async fn room_events(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     policy::require(&user, &room, Action::Read)?;
+    let slot = state.bounds.stream_slot(&user.subject)?;
     find_room(&state, &room).await?;
     let start = last_event_id(&headers, params).map_or(Start::Sync, Start::After);
     let frames = subscriber::open(&state, room.as_str(), start).await?;
-    Ok(sse(&state, frames, user.expires_at))
+    Ok(sse(&state, slot, frames, user.expires_at))
 }
 
 /// Where a client resumes: the `Last-Event-ID` header, else `?last_event_id=`.
@@ -205,6 +209,7 @@ fn last_event_id(headers: &HeaderMap, params: StreamParams) -> Option<String> {
 /// instance stops (axum#2673: a stream is not ended by graceful shutdown).
 fn sse(
     state: &AppState,
+    slot: StreamSlot,
     frames: impl Stream<Item = Bytes> + Send + 'static,
     token_expires_at: u64,
 ) -> Response {
@@ -221,8 +226,9 @@ fn sse(
     let idle = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     let body = tokio_stream::StreamExt::timeout_repeating(frames, idle)
         .map(move |frame| {
-            // The gauge counts the stream until its body is dropped.
-            let _open = &open;
+            // The gauge and the subject's slot count the stream until its
+            // body is dropped.
+            let _open = (&open, &slot);
             Ok::<_, Infallible>(frame.unwrap_or(frame::KEEP_ALIVE))
         })
         .take_until(end);
@@ -258,6 +264,8 @@ fn sse(
         (status = 400, description = "Invalid connection id", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token, or a spent ticket", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "No such connection, or not the caller's", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 429, description = "The token's subject holds too many streams open (`too-many-streams`)", body = ProblemDetails, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]
@@ -269,7 +277,13 @@ async fn connection_events(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let conn = policy::authorize_as::<Manage>(&user, &id, connections::load(&state, &id).await?)?;
+    let slot = state.bounds.stream_slot(&user.subject)?;
     let cursor = last_event_id(&headers, params);
     let frames = connection_stream::open(&state, &user, &conn, cursor).await?;
-    Ok(sse(&state, ReceiverStream::new(frames), user.expires_at))
+    Ok(sse(
+        &state,
+        slot,
+        ReceiverStream::new(frames),
+        user.expires_at,
+    ))
 }

@@ -72,6 +72,12 @@ impl Keys {
         format!("{}{{room:{room}}}:members", self.prefix)
     }
 
+    /// Sorted set (all scores 0): the room's occupants by id, so listings
+    /// page through them in O(page); kept with `members` by JOIN and LEAVE.
+    pub fn room_occupants(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:occupants", self.prefix)
+    }
+
     /// Hash: each occupant's profile, what the room's events last said about
     /// it: `o:<id>` its owner and `m:<id>` its metadata (JSON), `v:<id>` the
     /// metadata's version, `s:<id>` the stamp of the attach that joined it.

@@ -170,7 +170,7 @@ return 1
 // the stamp of the latest attach that joined it, which its leave detaches.
 
 /// KEYS: room members, room session, room events, room profiles, room
-/// departed. ARGV: connection id, candidate session id, presence.joined
+/// departed, room occupants. ARGV: connection id, candidate session id, presence.joined
 /// payload without metadata and closing brace, owner (JSON), metadata
 /// (JSON), metadata version, history length, events channel, room id,
 /// attach stamp.
@@ -197,6 +197,7 @@ if joined_at then
 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], ARGV[1], now)
+redis.call('ZADD', KEYS[6], 0, ARGV[1])
 redis.call('HSET', KEYS[4], 'o:' .. ARGV[1], ARGV[4], 'm:' .. ARGV[1], ARGV[5], 'v:' .. ARGV[1], ARGV[6],
   's:' .. ARGV[1], ARGV[10])
 local n = redis.call('HLEN', KEYS[1])
@@ -217,7 +218,7 @@ return {1, n, sid, 0, now}
 });
 
 /// KEYS: room members, room session, room events, room profiles, room
-/// departed. ARGV:
+/// departed, room occupants. ARGV:
 /// 1. connection id;
 /// 2. presence.left payload without owner, metadata, reason and closing
 ///    brace (empty: record nothing);
@@ -262,6 +263,7 @@ if ARGV[3] ~= '' and ARGV[3] ~= owner then
   if reason == '' then return {-1} end
 end
 redis.call('HDEL', KEYS[1], id)
+redis.call('ZREM', KEYS[6], id)
 redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id, 's:' .. id)
 local n = redis.call('HLEN', KEYS[1])
 if ARGV[2] ~= '' then
@@ -276,6 +278,34 @@ if n == 0 then
   if s[1] then return {1, 0, stamp, s[1], tonumber(s[2] or '0')} end
 end
 return {1, n, stamp}
+"#,
+    )
+});
+
+/// KEYS: room occupants, room members, room profiles. ARGV: the id to page
+/// after (empty: from the start), how many.
+/// → how many ids it looked at, the last of them ('' if none), then a flat
+/// list of id, joined_at
+/// (ms), owner (JSON), metadata (JSON) for the occupants among them, in id
+/// order: one round trip per page, whatever the room holds.
+pub static OCCUPANTS_PAGE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local min = '-'
+if ARGV[1] ~= '' then min = '(' .. ARGV[1] end
+local ids = redis.call('ZRANGE', KEYS[1], min, '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {tostring(#ids), ids[#ids] or ''}
+for _, id in ipairs(ids) do
+  local joined_at = redis.call('HGET', KEYS[2], id)
+  local profile = redis.call('HMGET', KEYS[3], 'o:' .. id, 'm:' .. id)
+  if joined_at and profile[1] then
+    out[#out + 1] = id
+    out[#out + 1] = joined_at
+    out[#out + 1] = profile[1]
+    out[#out + 1] = profile[2] or '{}'
+  end
+end
+return out
 "#,
     )
 });

@@ -14,7 +14,7 @@ use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, read_after, retained, s
 use super::ids::{EventId, StreamPosition, current_epoch};
 use crate::db;
 use crate::error::Error;
-use crate::presence::occupancy;
+use crate::presence::{occupancy, occupants};
 use crate::state::AppState;
 
 /// Where a subscription starts.
@@ -182,14 +182,14 @@ pub async fn snapshot(state: &AppState, room: &str) -> Result<Value, Error> {
             "version": session.version,
         })
     });
-    let occupants: Vec<Value> = occupancy::occupants(state, room)
+    let occupants: Vec<Value> = occupants::all(state, room)
         .await?
         .into_iter()
         .map(|o| {
             json!({
-                "id": o.connection.id,
-                "owner": o.connection.owner,
-                "metadata": o.connection.metadata,
+                "id": o.id,
+                "owner": o.owner,
+                "metadata": o.metadata,
                 "joined_at": o.joined_at,
             })
         })

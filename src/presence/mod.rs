@@ -4,6 +4,7 @@
 
 pub mod connections;
 pub mod occupancy;
+pub mod occupants;
 pub mod sessions;
 pub mod sweeper;
 

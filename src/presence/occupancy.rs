@@ -107,6 +107,7 @@ pub async fn join(
             .key(keys.room_events(room.as_str()))
             .key(keys.room_profiles(room.as_str()))
             .key(keys.room_departed(room.as_str()))
+            .key(keys.room_occupants(room.as_str()))
             .arg(&conn.id)
             .arg(candidate.to_string())
             .arg(joined_event.open_payload())
@@ -259,6 +260,7 @@ async fn leave_script(
         .key(keys.room_events(room))
         .key(keys.room_profiles(room))
         .key(keys.room_departed(room))
+        .key(keys.room_occupants(room))
         .arg(connection_id)
         .arg(payload)
         .arg(subject)
@@ -409,33 +411,6 @@ pub async fn evict_all(state: &AppState, room: &str, actor: &str) -> Result<(), 
     let stale = sessions::end_open(state, room, actor).await?;
     events::publish(state, &stale).await;
     Ok(())
-}
-
-/// One occupant of a room.
-#[derive(Debug, Clone)]
-pub struct Occupant {
-    pub connection: Connection,
-    pub joined_at: DateTime<Utc>,
-}
-
-/// The room's occupants in id order, with their connections.
-pub async fn occupants(state: &AppState, room: &str) -> Result<Vec<Occupant>, Error> {
-    let mut redis = state.redis.clone();
-    let members: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(state.redis_keys.room_members(room))
-        .query_async(&mut redis)
-        .await?;
-    let mut occupants = Vec::with_capacity(members.len());
-    for (id, joined_at) in members {
-        if let Some(connection) = super::connections::load(state, &id).await? {
-            occupants.push(Occupant {
-                connection,
-                joined_at: millis(joined_at),
-            });
-        }
-    }
-    occupants.sort_by(|a, b| a.connection.id.cmp(&b.connection.id));
-    Ok(occupants)
 }
 
 /// How many connections are in the room.

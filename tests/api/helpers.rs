@@ -56,7 +56,7 @@ impl Drop for TestApp {
 
 /// The URLs of the Redis servers holding the app's keys: the server, or
 /// every master of the cluster (asked of the first seed node that answers).
-fn redis_nodes(settings: &Settings) -> redis::RedisResult<Vec<String>> {
+pub(crate) fn redis_nodes(settings: &Settings) -> redis::RedisResult<Vec<String>> {
     let urls = secrecy::ExposeSecret::expose_secret(&settings.redis_url);
     if !settings.redis_cluster {
         return Ok(vec![urls.to_owned()]);

@@ -9,6 +9,7 @@
 
 mod auth;
 mod bodies;
+mod bounds;
 mod concurrency;
 mod connection_streams;
 mod connections;
