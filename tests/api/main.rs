@@ -13,6 +13,7 @@ mod bounds;
 mod concurrency;
 mod connection_streams;
 mod connections;
+mod content_oracle;
 mod document_cache;
 mod errors;
 mod filters;

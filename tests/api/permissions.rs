@@ -266,7 +266,7 @@ fn endpoints() -> Vec<Endpoint> {
 }
 
 /// The subject owning the fixture's connection.
-const OWNER: &str = "owner";
+pub(crate) const OWNER: &str = "owner";
 const ALL_ACTIONS: &[&str] = &[
     "read",
     "join",
@@ -278,16 +278,16 @@ const ALL_ACTIONS: &[&str] = &[
 
 /// A caller: no token, or a token's claims. `{room}` in a pattern is the
 /// fixture's room.
-struct Role {
-    name: &'static str,
-    token: Option<RoleClaims>,
+pub(crate) struct Role {
+    pub name: &'static str,
+    pub token: Option<RoleClaims>,
 }
 
-struct RoleClaims {
-    sub: &'static str,
-    admin: bool,
-    own_metadata: bool,
-    grants: Vec<(&'static str, &'static [&'static str])>,
+pub(crate) struct RoleClaims {
+    pub sub: &'static str,
+    pub admin: bool,
+    pub own_metadata: bool,
+    pub grants: Vec<(&'static str, &'static [&'static str])>,
 }
 
 fn role(
@@ -306,7 +306,7 @@ fn role(
     }
 }
 
-fn roles() -> Vec<Role> {
+pub(crate) fn roles() -> Vec<Role> {
     let mut admin = role("admin", "root", vec![]);
     if let Some(claims) = admin.token.as_mut() {
         claims.admin = true;
@@ -363,7 +363,7 @@ fn roles() -> Vec<Role> {
 
 impl RoleClaims {
     /// The oracle's own pattern matching: exact, or a prefix before `*`.
-    fn allows(&self, room: &str, action: &str) -> bool {
+    pub fn allows(&self, room: &str, action: &str) -> bool {
         self.admin
             || self.grants.iter().any(|(pattern, actions)| {
                 let pattern = pattern.replace("{room}", room);
@@ -375,7 +375,7 @@ impl RoleClaims {
             })
     }
 
-    fn owns(&self) -> bool {
+    pub fn owns(&self) -> bool {
         self.admin || self.sub == OWNER
     }
 
@@ -453,7 +453,7 @@ async fn fixture(app: &TestApp, generation: usize) -> Fixture {
     }
 }
 
-fn token(app: &TestApp, claims: &RoleClaims, room: &str) -> String {
+pub(crate) fn token(app: &TestApp, claims: &RoleClaims, room: &str) -> String {
     app.token(
         claims.sub,
         MetacastClaim {
