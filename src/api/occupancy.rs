@@ -147,12 +147,7 @@ async fn leave_room(
         |conn| policy::owns(&user, conn) || rights.moderates,
         &format!("only the connection's owner, or moderate on room {room}, may remove it"),
     )?;
-    let reason = if policy::owns(&user, &conn) {
-        "left"
-    } else {
-        "evicted"
-    };
-    let allowed = Remover::Allowed(reason);
+    let allowed = Remover::Allowed(policy::leave_reason(&user, &conn));
     match occupancy::leave(&state, room.as_str(), &conn.id, allowed, &user.subject).await? {
         Leave::Left => Ok(StatusCode::NO_CONTENT),
         Leave::NotInRoom | Leave::Refused => Err(Error::not_found(

@@ -157,11 +157,11 @@ pub fn visible_rooms(user: &AuthUser, conn: &Connection) -> Vec<String> {
 }
 
 /// Who may be removed from `room` by `user`, for the LEAVE script to judge
-/// against the connection's owner atomically: its own connections (unless
-/// an admin, who acts for every owner), and anyone's with `moderate`.
+/// against the connection's owner atomically: its own connections (reason
+/// `left`), and anyone's with `moderate` (an admin's too: reason `evicted`).
 pub fn leave_rights<'a>(user: &'a AuthUser, room: &RoomId) -> LeaveRights<'a> {
     LeaveRights {
-        subject: (!user.permissions.admin).then_some(user.subject.as_str()),
+        subject: user.subject.as_str(),
         moderates: may(user, room, Action::Moderate),
     }
 }
@@ -169,9 +169,18 @@ pub fn leave_rights<'a>(user: &'a AuthUser, room: &RoomId) -> LeaveRights<'a> {
 /// See [`leave_rights`].
 #[derive(Debug, Clone, Copy)]
 pub struct LeaveRights<'a> {
-    /// The owner the caller may remove as; `None`: every owner.
-    pub subject: Option<&'a str>,
+    /// Connections of this owner leave; others are evicted.
+    pub subject: &'a str,
     pub moderates: bool,
+}
+
+/// Why a connection left a room that `user` took it out of.
+pub fn leave_reason(user: &AuthUser, conn: &Connection) -> &'static str {
+    if user.subject == conn.owner {
+        "left"
+    } else {
+        "evicted"
+    }
 }
 
 /// Which connections `user` may list: every one (admin) or its own.

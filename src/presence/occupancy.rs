@@ -188,13 +188,10 @@ async fn undo_join(state: &AppState, room: &str, connection_id: &str, stamp: i64
 #[derive(Debug, Clone, Copy)]
 pub enum Remover<'a> {
     /// A request's caller, judged by the LEAVE script from the occupant's
-    /// profile: its owner leaves (`left`; `subject` is `None` for an admin,
-    /// who owns every connection), anyone else evicts (`evicted`) only if it
-    /// `moderates` the room. Refused or not in the room, nothing changes.
-    Caller {
-        subject: Option<&'a str>,
-        moderates: bool,
-    },
+    /// profile: its owner leaves (`left`), anyone else evicts (`evicted`)
+    /// only if it `moderates` the room (an admin does). Refused or not in
+    /// the room, nothing changes.
+    Caller { subject: &'a str, moderates: bool },
     /// One already allowed to remove it, with the reason.
     Allowed(&'static str),
     /// The connection itself is ending, with the reason: a join of it still
@@ -235,11 +232,7 @@ async fn leave_script(
     let keys = &state.redis_keys;
     let (subject, reason, evict_reason, departed_ms) = match remover {
         Remover::Caller { subject, moderates } => (
-            subject
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(anyhow::Error::from)?
-                .unwrap_or_default(),
+            serde_json::to_string(subject).map_err(anyhow::Error::from)?,
             "left",
             if moderates { "evicted" } else { "" },
             None,

@@ -65,8 +65,14 @@ pub async fn sweep(state: &AppState) -> Result<usize, Error> {
             .invoke_async(&mut redis)
             .await?;
         for id in &claimed {
-            if connections::end(state, id, false, "expired", SYSTEM_ACTOR).await? {
-                ended += 1;
+            // One that cannot end now stays claimed and is retried after
+            // CLAIM_RETRY; it must not hold up the rest of the batch.
+            match connections::end(state, id, false, "expired", SYSTEM_ACTOR).await {
+                Ok(true) => ended += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, connection_id = id, "could not end an expired connection; retrying later");
+                }
             }
         }
         if claimed.len() < SWEEP_BATCH {
@@ -81,72 +87,103 @@ pub async fn sweep(state: &AppState) -> Result<usize, Error> {
 /// - a session Redis has but Postgres never recorded (its starter died) is
 ///   recorded.
 ///
-/// Also prunes outbox rows past the event retention.
+/// Also prunes outbox rows past the event retention. A room that cannot be
+/// repaired is logged and skipped, so it never holds up the others (nor the
+/// pruning); an error is returned only when a whole step could not run.
 pub async fn reconcile(state: &AppState) -> Result<(), Error> {
-    let keys = &state.redis_keys;
-    let mut redis = state.redis.clone();
-
-    for (session_id, room) in db::sessions::all_active(&state.db).await? {
-        let current: Option<String> = redis::cmd("HGET")
-            .arg(keys.room_session(&room))
-            .arg("id")
-            .query_async(&mut redis)
-            .await?;
-        if current.as_deref() != Some(session_id.to_string().as_str()) {
-            // Re-check under the room lock inside `end`: it is idempotent.
-            let events = sessions::end(state, &room, session_id, 0, SYSTEM_ACTOR).await?;
-            events::publish(state, &events).await;
+    let mut failed = None;
+    match db::sessions::all_active(&state.db).await {
+        Ok(open) => {
+            for (session_id, room) in open {
+                if let Err(err) = end_if_gone(state, &room, session_id).await {
+                    tracing::warn!(error = %err, room_id = room, "could not reconcile the room's open session; skipping it");
+                }
+            }
         }
+        Err(err) => failed = Some(Error::from(err)),
     }
-
-    let rooms: Vec<String> = redis::cmd("ZRANGE")
-        .arg(keys.active_sessions())
+    let mut redis = state.redis.clone();
+    let rooms: Result<Vec<String>, _> = redis::cmd("ZRANGE")
+        .arg(state.redis_keys.active_sessions())
         .arg(0)
         .arg(-1)
         .query_async(&mut redis)
-        .await?;
-    for room in rooms {
-        let (id, started_at, occupancy): (Option<String>, Option<i64>, i64) = redis::pipe()
-            .hget(keys.room_session(&room), "id")
-            .hget(keys.room_session(&room), "started_at")
-            .hlen(keys.room_members(&room))
-            .query_async(&mut redis)
-            .await?;
-        let (Some(id), Some(started_at)) = (id, started_at) else {
-            redis::cmd("ZREM")
-                .arg(keys.active_sessions())
-                .arg(&room)
-                .query_async::<()>(&mut redis)
-                .await?;
-            continue;
-        };
-        // A start younger than this is most likely still on its way to
-        // Postgres; recording it here would race its own events.
-        if chrono::Utc::now().timestamp_millis() - started_at < START_GRACE.as_millis() as i64 {
-            continue;
+        .await;
+    match rooms {
+        Ok(rooms) => {
+            for room in rooms {
+                if let Err(err) = record_if_missing(state, &room).await {
+                    tracing::warn!(error = %err, room_id = room, "could not reconcile the room's Redis session; skipping it");
+                }
+            }
         }
-        let Ok(session_id) = Uuid::try_parse(&id) else {
-            continue;
-        };
-        if db::sessions::get(&state.db, session_id).await?.is_none() {
-            let Ok(room_id) = crate::ids::RoomId::parse(&room) else {
-                continue;
-            };
-            let events = sessions::start(
-                state,
-                &room_id,
-                session_id,
-                connections::millis(started_at),
-                occupancy,
-                SYSTEM_ACTOR,
-            )
-            .await?;
-            events::publish(state, &events).await;
-        }
+        Err(err) => failed = Some(err.into()),
     }
+    let pruned = async {
+        let mut conn = state.db.acquire().await?;
+        let retention = state.settings.presence.event_retention.as_secs() as i64;
+        db::outbox::prune(&mut conn, retention).await
+    };
+    if let Err(err) = pruned.await {
+        failed = Some(err.into());
+    }
+    failed.map_or(Ok(()), Err)
+}
 
-    let mut conn = state.db.acquire().await?;
-    let retention = state.settings.presence.event_retention.as_secs() as i64;
-    db::outbox::prune(&mut conn, retention).await?;
+/// Ends `session_id` in Postgres unless Redis still names it the room's.
+async fn end_if_gone(state: &AppState, room: &str, session_id: Uuid) -> Result<(), Error> {
+    let mut redis = state.redis.clone();
+    let current: Option<String> = redis::cmd("HGET")
+        .arg(state.redis_keys.room_session(room))
+        .arg("id")
+        .query_async(&mut redis)
+        .await?;
+    if current.as_deref() != Some(session_id.to_string().as_str()) {
+        // Re-check under the room lock inside `end`: it is idempotent.
+        let events = sessions::end(state, room, session_id, 0, SYSTEM_ACTOR).await?;
+        events::publish(state, &events).await;
+    }
+    Ok(())
+}
+
+/// Records the session Redis holds for `room` if Postgres never did.
+async fn record_if_missing(state: &AppState, room: &str) -> Result<(), Error> {
+    let keys = &state.redis_keys;
+    let mut redis = state.redis.clone();
+    let (id, started_at, occupancy): (Option<String>, Option<i64>, i64) = redis::pipe()
+        .hget(keys.room_session(room), "id")
+        .hget(keys.room_session(room), "started_at")
+        .hlen(keys.room_members(room))
+        .query_async(&mut redis)
+        .await?;
+    let (Some(id), Some(started_at)) = (id, started_at) else {
+        redis::cmd("ZREM")
+            .arg(keys.active_sessions())
+            .arg(room)
+            .query_async::<()>(&mut redis)
+            .await?;
+        return Ok(());
+    };
+    // A start younger than this is most likely still on its way to
+    // Postgres; recording it here would race its own events.
+    if chrono::Utc::now().timestamp_millis() - started_at < START_GRACE.as_millis() as i64 {
+        return Ok(());
+    }
+    let (Ok(session_id), Ok(room_id)) = (Uuid::try_parse(&id), crate::ids::RoomId::parse(room))
+    else {
+        return Ok(());
+    };
+    if db::sessions::get(&state.db, session_id).await?.is_none() {
+        let events = sessions::start(
+            state,
+            &room_id,
+            session_id,
+            connections::millis(started_at),
+            occupancy,
+            SYSTEM_ACTOR,
+        )
+        .await?;
+        events::publish(state, &events).await;
+    }
     Ok(())
 }

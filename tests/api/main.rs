@@ -20,6 +20,7 @@ mod filters;
 mod helpers;
 #[path = "../common/history.rs"]
 mod history;
+mod lifecycle;
 mod openapi;
 mod ops;
 mod outbox;
