@@ -23,7 +23,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -90,9 +90,9 @@ pub async fn open(
     if open == 0 {
         return Err(connections::not_found(&conn.id));
     }
-    let ttl = conn.expires_at - conn.created_at;
-    let refresh =
-        (ttl.to_std().unwrap_or(Duration::from_secs(30)) / 3).max(Duration::from_millis(200));
+    // From the lease itself: `expires_at - created_at` grows with every
+    // heartbeat, and renewing that rarely would let the lease run out.
+    let refresh = (conn.ttl / 3).max(Duration::from_millis(200));
     let (sender, frames) = mpsc::channel(BUFFER);
     tokio::spawn(async move {
         let state = stream.state.clone();
@@ -101,6 +101,31 @@ pub async fn open(
         closed(&state, &id).await;
     });
     Ok(frames)
+}
+
+/// Renews the connection's lease every `every` until it ends, then says so.
+async fn renew(state: AppState, id: String, every: Duration, ended: oneshot::Sender<()>) {
+    let mut lease = tokio::time::interval(every);
+    loop {
+        lease.tick().await;
+        match connections::heartbeat(&state, &id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let _ = ended.send(());
+                return;
+            }
+            Err(err) => tracing::debug!(error = %err, "stream lease refresh failed"),
+        }
+    }
+}
+
+/// Aborts a task when the one that spawned it is done.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One stream of the connection closed: when it was the last, the
@@ -392,21 +417,21 @@ impl ConnStream {
                 return;
             }
         }
-        let mut lease = tokio::time::interval(refresh);
+        // Its own task: a client that reads slowly holds up the sends below,
+        // never the lease.
+        let (ended_tx, mut ended) = oneshot::channel();
+        let renewal = tokio::spawn(renew(
+            self.state.clone(),
+            self.id.clone(),
+            refresh,
+            ended_tx,
+        ));
+        let _renewal = AbortOnDrop(renewal);
         loop {
             let next = tokio::select! {
                 () = sender.closed() => return,
-                _ = lease.tick() => {
-                    match connections::heartbeat(&self.state, &self.id).await {
-                        Ok(Some(_)) => continue,
-                        // The connection ended: so does its stream.
-                        Ok(None) => return,
-                        Err(err) => {
-                            tracing::debug!(error = %err, "stream lease refresh failed");
-                            continue;
-                        }
-                    }
-                }
+                // The connection ended: so does its stream.
+                _ = &mut ended => return,
                 next = self.receivers.next() => next,
             };
             let Some((topic, delivery)) = next else {

@@ -28,6 +28,8 @@ pub struct Connection {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Its lease: each heartbeat moves `expires_at` to now + `ttl`.
+    pub ttl: Duration,
     /// Rooms it is in → when it last asked to join (the attach stamp).
     pub rooms: BTreeMap<String, DateTime<Utc>>,
 }
@@ -50,6 +52,7 @@ impl Connection {
             version: number("version")?,
             created_at: millis(number("created_at")?),
             expires_at: millis(number("expires_at")?),
+            ttl: Duration::from_millis(u64::try_from(number("ttl")?).ok()?),
             rooms: rooms
                 .into_iter()
                 .map(|(room, at)| (room, millis(at)))
@@ -137,6 +140,7 @@ pub async fn create(
         version,
         created_at: millis(created_at),
         expires_at: millis(expires_at),
+        ttl,
         rooms: BTreeMap::new(),
     })
 }

@@ -96,3 +96,56 @@ async fn one_broken_room_does_not_stop_the_reconciler(pool: PgPool) {
         "the room after it was repaired"
     );
 }
+
+#[sqlx::test]
+async fn a_stream_keeps_a_long_lived_connection_alive(pool: PgPool) {
+    let mut settings = crate::helpers::test_settings();
+    settings.presence.sweep_interval = std::time::Duration::from_millis(100);
+    let app = TestApp::with_settings(pool, settings).await;
+    let base = app.listen().await;
+    let alice = app.token_for("alice", &[("lobby", &["join", "read"])]);
+    let created = app
+        .post("/v1/connections")
+        .bearer(&alice)
+        .json(&json!({ "ttl_seconds": 1 }))
+        .send()
+        .await;
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert!(app.join(&alice, "lobby", &id).await.status.is_success());
+    // Older than a few leases, as any connection that reconnects its
+    // EventSource after a while.
+    for _ in 0..14 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let beat = app
+            .post(&format!("/v1/connections/{id}/heartbeat"))
+            .bearer(&alice)
+            .send()
+            .await;
+        assert_eq!(beat.status, StatusCode::NO_CONTENT, "{beat:?}");
+    }
+    let auth = format!("Bearer {alice}");
+    let (status, stream) = crate::sse::open(
+        &format!("{base}/v1/connections/{id}/events"),
+        &[("authorization", auth.as_str())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut stream = stream.unwrap();
+    stream.expect("sync").await;
+    // Only the stream renews the lease now.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let seen = app
+        .get(&format!("/v1/connections/{id}"))
+        .bearer(&alice)
+        .send()
+        .await;
+    assert_eq!(
+        seen.status,
+        StatusCode::OK,
+        "the lease ran out under an open stream"
+    );
+    assert_eq!(seen.json()["rooms"], json!(["lobby"]));
+    stream
+        .assert_quiet(std::time::Duration::from_millis(200))
+        .await;
+}
