@@ -111,11 +111,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The request's span. Every field is bounded: the method and route as the
+/// metrics label them (a made-up method or an unknown path of any length
+/// does not reach the logs), and the request id once it was checked.
 fn request_span(request: &Request) -> tracing::Span {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or(request.uri().path(), |path| path.as_str());
+    let route = crate::metrics::route_label(request);
     let request_id = request
         .headers()
         .get(&REQUEST_ID)
@@ -123,7 +123,7 @@ fn request_span(request: &Request) -> tracing::Span {
         .unwrap_or("");
     tracing::info_span!(
         "request",
-        method = %request.method(),
+        method = crate::metrics::method_label(request.method()),
         route,
         request_id,
         user_id = tracing::field::Empty,

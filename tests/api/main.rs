@@ -15,6 +15,7 @@ mod connection_streams;
 mod connections;
 mod content_oracle;
 mod document_cache;
+mod edge;
 mod errors;
 mod filters;
 mod helpers;

@@ -1,0 +1,60 @@
+//! What a hostile client controls at the edge — the method, the request id,
+//! the `Origin` — must not grow the metrics, the logs or what a foreign site
+//! may read.
+
+use axum::http::StatusCode;
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::TestApp;
+
+/// Sends `head` (a whole request head) over a fresh TCP connection to `base`
+/// and returns the response's status line.
+async fn raw_status_line(base: &str, head: &str) -> String {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.get("/metrics").send().await;
+    assert_eq!(response.status, StatusCode::OK);
+    String::from_utf8(response.body).unwrap()
+}
+
+#[sqlx::test]
+async fn made_up_methods_add_no_metric_series(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    // Scraped twice so the scrape's own series exists before we measure.
+    scrape(&app).await;
+    let before = scrape(&app).await;
+
+    let marker = "Q".repeat(50_000);
+    for i in 0..10 {
+        let head = format!(
+            "MADEUP{i}{marker} /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        );
+        let status = raw_status_line(&base, &head).await;
+        assert!(status.starts_with("HTTP/1.1 "), "answered: {status:?}");
+    }
+
+    let after = scrape(&app).await;
+    assert!(!after.contains("MADEUP"), "a made-up method became a label");
+    assert!(
+        after.contains(r#"method="other",route="/healthz""#),
+        "made-up methods are counted as `other`"
+    );
+    // Ten 50 KB labels would add megabytes; a few new series (ours, or a
+    // test running alongside) are a few KB each.
+    assert!(
+        after.len() <= before.len() + 64 * 1024,
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+}
