@@ -19,6 +19,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
+use tower::util::MapRequestLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, api) = api_router().split_for_parts();
     let settings = state.settings.clone();
     let middleware = ServiceBuilder::new()
+        .layer(MapRequestLayer::new(drop_unfit_request_id))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -109,6 +111,35 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(middleware)
         .with_state(state)
+}
+
+/// The longest client request id we echo and log.
+const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// Removes a client's `x-request-id` unless it is one header of 1–64 bytes
+/// of `[A-Za-z0-9._:-]`, so that `SetRequestId` puts a fresh UUID in its
+/// place: the id is echoed and written into every log line of the request,
+/// and a client must not choose its size or put quotes, spaces or braces
+/// (log syntax) in it.
+fn drop_unfit_request_id(mut request: Request) -> Request {
+    let headers = request.headers_mut();
+    let mut values = headers.get_all(&REQUEST_ID).iter();
+    let fit = match (values.next(), values.next()) {
+        (Some(value), None) => is_fit_request_id(value.as_bytes()),
+        (None, _) => return request,
+        (Some(_), Some(_)) => false,
+    };
+    if !fit {
+        headers.remove(&REQUEST_ID);
+    }
+    request
+}
+
+fn is_fit_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_BYTES).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The request's span. Every field is bounded: the method and route as the

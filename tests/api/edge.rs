@@ -58,3 +58,33 @@ async fn made_up_methods_add_no_metric_series(pool: PgPool) {
         after.len()
     );
 }
+
+#[sqlx::test]
+async fn only_short_plain_request_ids_are_echoed(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let good = "Abc.1:2-3_x";
+    let longest = "a".repeat(64);
+    for id in [good, longest.as_str()] {
+        let echoed = app.get("/healthz").header("x-request-id", id).send().await;
+        assert_eq!(echoed.header("x-request-id"), Some(id));
+    }
+
+    let huge = "a".repeat(10 * 1024);
+    let too_long = "a".repeat(65);
+    for id in [
+        huge.as_str(),
+        too_long.as_str(),
+        "",
+        "has space",
+        "a/b",
+        "quote\"d",
+        "{json}",
+    ] {
+        let replaced = app.get("/healthz").header("x-request-id", id).send().await;
+        let given = replaced.header("x-request-id").unwrap();
+        assert!(
+            uuid::Uuid::parse_str(given).is_ok(),
+            "{id:?} was replaced by a UUID, not {given:?}"
+        );
+    }
+}
