@@ -36,7 +36,8 @@ pub struct Settings {
     pub redis_prefix: String,
     pub limits: DocumentLimits,
     pub max_body_bytes: usize,
-    /// Origins allowed by CORS; `*` allows any origin.
+    /// Origins allowed by CORS, with credentials (cookies); or `*` alone:
+    /// any origin, without credentials.
     pub cors_origins: Vec<String>,
     pub log_format: LogFormat,
     pub db_max_connections: u32,
@@ -197,6 +198,18 @@ impl Settings {
         if presence.event_history == 0 {
             bail!("METACAST_EVENT_HISTORY must be positive");
         }
+        if self.cors_origins.len() > 1 && self.cors_origins.iter().any(|o| o == "*") {
+            bail!(
+                "METACAST_CORS_ORIGINS: `*` (any origin, without credentials) cannot be combined with listed origins (which get credentials); use `*` alone or only origins"
+            );
+        }
+        if let Some(bad) = self
+            .cors_origins
+            .iter()
+            .find(|origin| axum::http::HeaderValue::from_str(origin).is_err())
+        {
+            bail!("METACAST_CORS_ORIGINS: {bad:?} is not a valid origin");
+        }
         if self.redis_prefix.contains(['{', '}']) {
             bail!(
                 "METACAST_REDIS_PREFIX must not contain braces (they select Redis Cluster hash slots)"
@@ -310,5 +323,28 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(s.cors_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            settings(&[("METACAST_CORS_ORIGINS", "*")])
+                .unwrap()
+                .cors_origins,
+            ["*"]
+        );
+    }
+
+    #[test]
+    fn cors_star_cannot_be_mixed_with_origins() {
+        // `*` means no credentials, a listed origin means credentials: a
+        // mix has no meaning a browser could be given.
+        let err = settings(&[("METACAST_CORS_ORIGINS", "https://a.example, *")])
+            .err()
+            .unwrap();
+        let message = err.to_string();
+        assert!(message.starts_with("METACAST_CORS_ORIGINS"), "{message}");
+        assert!(message.contains('*'), "{message}");
+        // An origin that is no header value would be dropped silently.
+        let err = settings(&[("METACAST_CORS_ORIGINS", "https://a.example\u{1}")])
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("METACAST_CORS_ORIGINS"), "{err}");
     }
 }

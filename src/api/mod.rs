@@ -162,23 +162,26 @@ fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
+/// CORS from `METACAST_CORS_ORIGINS`: `*` lets any site read answers to
+/// requests without credentials (`Access-Control-Allow-Origin: *`, no
+/// cookie); listed origins, and only they, may also send credentials —
+/// streams accept the `metacast_token` cookie, so mirroring any origin with
+/// credentials would let every website read a logged-in user's streams.
+/// `Settings::validate` refuses `*` mixed with origins.
 fn cors(origins: &[String]) -> CorsLayer {
-    if origins.is_empty() {
-        return CorsLayer::new();
-    }
-    let allow_origin = if origins.iter().any(|origin| origin == "*") {
-        // Credentials (the cookie mode) forbid a literal `*`: echo the origin.
-        AllowOrigin::mirror_request()
-    } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
+    let layer = match origins {
+        [] => return CorsLayer::new(),
+        [star] if star == "*" => CorsLayer::new().allow_origin(AllowOrigin::any()),
+        listed => CorsLayer::new()
+            .allow_origin(AllowOrigin::list(
+                // Validated at start-up: every origin is a header value.
+                listed
+                    .iter()
+                    .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+            ))
+            .allow_credentials(true),
     };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_credentials(true)
+    layer
         .allow_methods([
             Method::GET,
             Method::POST,

@@ -2,11 +2,11 @@
 //! the `Origin` — must not grow the metrics, the logs or what a foreign site
 //! may read.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, TestResponse, test_settings};
 
 /// Sends `head` (a whole request head) over a fresh TCP connection to `base`
 /// and returns the response's status line.
@@ -85,6 +85,76 @@ async fn only_short_plain_request_ids_are_echoed(pool: PgPool) {
         assert!(
             uuid::Uuid::parse_str(given).is_ok(),
             "{id:?} was replaced by a UUID, not {given:?}"
+        );
+    }
+}
+
+async fn app_with_cors(pool: PgPool, origins: &[&str]) -> TestApp {
+    let mut settings = test_settings();
+    settings.cors_origins = origins.iter().map(|o| o.to_string()).collect();
+    TestApp::with_settings(pool, settings).await
+}
+
+/// A preflight for a stream and a stream request carrying a cookie, both
+/// from `origin`.
+async fn cross_origin(app: &TestApp, origin: &str) -> [TestResponse; 2] {
+    app.create_room("lobby", serde_json::json!({})).await;
+    let preflight = app
+        .request(Method::OPTIONS, "/v1/rooms/lobby/events")
+        .header("origin", origin)
+        .header("access-control-request-method", "GET")
+        .send()
+        .await;
+    let token = app.token_for("alice", &[("lobby", &["read"])]);
+    let read = app
+        .get("/v1/rooms/lobby/events")
+        .header("origin", origin)
+        .header("cookie", &format!("metacast_token={token}"))
+        .send()
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    [preflight, read]
+}
+
+#[sqlx::test]
+async fn cors_star_allows_any_origin_without_credentials(pool: PgPool) {
+    let app = app_with_cors(pool, &["*"]).await;
+    for response in cross_origin(&app, "https://evil.example").await {
+        assert_eq!(
+            response.header("access-control-allow-origin"),
+            Some("*"),
+            "{response:?}"
+        );
+        // Without credentials a browser neither sends the cookie nor lets
+        // the page read a cookie-authorized answer.
+        assert_eq!(
+            response.header("access-control-allow-credentials"),
+            None,
+            "{response:?}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn cors_listed_origins_get_credentials_and_others_nothing(pool: PgPool) {
+    let app = app_with_cors(pool, &["https://app.example"]).await;
+    for response in cross_origin(&app, "https://app.example").await {
+        assert_eq!(
+            response.header("access-control-allow-origin"),
+            Some("https://app.example"),
+            "{response:?}"
+        );
+        assert_eq!(
+            response.header("access-control-allow-credentials"),
+            Some("true"),
+            "{response:?}"
+        );
+    }
+    for response in cross_origin(&app, "https://evil.example").await {
+        assert_eq!(
+            response.header("access-control-allow-origin"),
+            None,
+            "{response:?}"
         );
     }
 }
