@@ -345,6 +345,9 @@ mod tests {
         let err = settings(&[("METACAST_CORS_ORIGINS", "https://a.example\u{1}")])
             .err()
             .unwrap();
-        assert!(err.to_string().starts_with("METACAST_CORS_ORIGINS"), "{err}");
+        assert!(
+            err.to_string().starts_with("METACAST_CORS_ORIGINS"),
+            "{err}"
+        );
     }
 }

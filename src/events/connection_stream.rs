@@ -1,11 +1,11 @@
 //! A connection's own stream: the events of every room it is in plus its own
 //! metadata changes, behind one cursor, while keeping its lease alive.
 //!
-//! The cursor (the SSE id) is base64url JSON `{"e": epoch, "p": {topic:
-//! "ms-seq"}}` with a position for the connection's own topic and each room,
-//! so a reconnect resumes every room exactly; a room whose history cannot
-//! cover the gap, or that was joined while the client was away, gets its own
-//! snapshot in a `sync`.
+//! The cursor (the SSE id, see [`cursor`]) holds a position for the
+//! connection's own topic and each room, so a reconnect resumes every room
+//! exactly; a room whose history cannot cover the gap, that was joined
+//! while the client was away, or that the cursor does not name, gets its
+//! own snapshot in a `sync`.
 //!
 //! A room the stream's caller may not read (a join-only member) shows only
 //! the connection's own membership: no snapshot in a `sync`, and of its
@@ -16,18 +16,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use chrono::Utc;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::SYSTEM_ACTOR;
+use super::cursor;
 use super::frame;
 use super::hub::{Delivery, Feed, StoredEvent, read_after, retained, stream_end};
 use super::ids::{StreamPosition, current_epoch};
@@ -38,23 +36,6 @@ use crate::cache::{Keys, scripts};
 use crate::error::Error;
 use crate::presence::{Connection, connections};
 use crate::state::AppState;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Cursor {
-    e: String,
-    p: BTreeMap<String, String>,
-}
-
-fn decode_cursor(raw: &str) -> Option<(String, BTreeMap<String, StreamPosition>)> {
-    let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
-    let cursor: Cursor = serde_json::from_slice(&bytes).ok()?;
-    let positions = cursor
-        .p
-        .into_iter()
-        .map(|(topic, at)| Some((topic, StreamPosition::parse(&at)?)))
-        .collect::<Option<_>>()?;
-    Some((cursor.e, positions))
-}
 
 /// Frames buffered between a connection stream's task and its HTTP body.
 const BUFFER: usize = 64;
@@ -183,15 +164,7 @@ enum Left {
 
 impl ConnStream {
     fn cursor(&self) -> String {
-        let cursor = Cursor {
-            e: self.epoch.clone(),
-            p: self
-                .positions
-                .iter()
-                .map(|(topic, at)| (topic.clone(), at.to_string()))
-                .collect(),
-        };
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
+        cursor::encode(&self.epoch, &self.positions)
     }
 
     async fn follow(&mut self, topic: &str) -> Result<(), Error> {
@@ -229,17 +202,15 @@ impl ConnStream {
 
     /// Subscribes to everything, then replays what the cursor allows and
     /// snapshots the rest.
-    async fn start(&mut self, cursor: Option<String>) -> Result<Vec<Bytes>, Error> {
+    async fn start(&mut self, last_id: Option<String>) -> Result<Vec<Bytes>, Error> {
         let mut topics = vec![self.own.clone()];
         topics.extend(self.rooms().await?);
         for topic in &topics {
             self.follow(topic).await?;
         }
-        let resume = cursor
+        let resume = last_id
             .as_deref()
-            .and_then(decode_cursor)
-            .filter(|(epoch, _)| *epoch == self.epoch)
-            .map(|(_, positions)| positions)
+            .map(|raw| cursor::decode(raw, &self.epoch, &topics))
             .unwrap_or_default();
         let mut stale = Vec::new();
         let mut replay = Vec::new();
@@ -255,7 +226,7 @@ impl ConnStream {
             }
         }
         let mut frames = Vec::new();
-        if !stale.is_empty() || cursor.is_none() {
+        if !stale.is_empty() || last_id.is_none() {
             crate::metrics::stream_sync("start");
             frames.push(self.sync(&stale).await?);
         }

@@ -6,6 +6,7 @@
 //! the stream directly, presence inside the same Lua script as the change.
 
 pub mod connection_stream;
+pub mod cursor;
 pub mod frame;
 pub mod hub;
 pub mod ids;

@@ -36,9 +36,8 @@ async fn made_up_methods_add_no_metric_series(pool: PgPool) {
 
     let marker = "Q".repeat(50_000);
     for i in 0..10 {
-        let head = format!(
-            "MADEUP{i}{marker} /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        );
+        let head =
+            format!("MADEUP{i}{marker} /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
         let status = raw_status_line(&base, &head).await;
         assert!(status.starts_with("HTTP/1.1 "), "answered: {status:?}");
     }

@@ -14,6 +14,7 @@ mod concurrency;
 mod connection_streams;
 mod connections;
 mod content_oracle;
+mod cursor;
 mod document_cache;
 mod edge;
 mod errors;
