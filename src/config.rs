@@ -9,6 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use secrecy::SecretString;
 
+/// HS256 secrets that ship with metacast and so are no secret.
+const PUBLISHED_SECRETS: &[&str] = &["local-compose-secret-change-me-0123456789"];
+
 use crate::auth::JwtSettings;
 use crate::document::DocumentLimits;
 
@@ -85,8 +88,11 @@ pub struct PresenceSettings {
 impl Settings {
     /// Reads the process environment (after loading `.env`, if present).
     pub fn from_env() -> anyhow::Result<Self> {
-        // A missing .env is normal; a malformed one is an error worth reporting.
-        match dotenvy::dotenv() {
+        // Only the current directory's: `dotenvy::dotenv()` would also search
+        // every parent directory and take another project's (or a home
+        // directory's) secrets for ours. A missing .env is normal; a
+        // malformed one is an error worth reporting.
+        match dotenvy::from_path(".env") {
             Ok(_) => {}
             Err(err) if err.not_found() => {}
             Err(err) => return Err(err).context(".env"),
@@ -163,6 +169,15 @@ impl Settings {
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Whether the HS256 secret is one published with metacast (the
+    /// docker-compose.yml fallback): anyone can mint tokens a server with
+    /// it accepts, so start-up warns.
+    pub fn uses_published_secret(&self) -> bool {
+        self.jwt.secret.as_ref().is_some_and(|secret| {
+            PUBLISHED_SECRETS.contains(&secrecy::ExposeSecret::expose_secret(secret))
+        })
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -313,6 +328,20 @@ mod tests {
             format!("{err:#}").contains("METACAST_JWT_PUBLIC_KEYS"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn the_compose_secret_is_known_to_be_published() {
+        let compose = include_str!("../docker-compose.yml");
+        let published = settings(&[("METACAST_JWT_SECRET", PUBLISHED_SECRETS[0])]).unwrap();
+        assert!(
+            compose.contains(PUBLISHED_SECRETS[0]),
+            "still the compose default"
+        );
+        assert!(published.uses_published_secret());
+        let own = settings(&[("METACAST_JWT_SECRET", "x".repeat(32).as_str())]).unwrap();
+        assert!(!own.uses_published_secret());
+        assert!(!settings(&[]).unwrap().uses_published_secret());
     }
 
     #[test]

@@ -16,6 +16,10 @@ use metacast::config::Settings;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+const PUBLISHED_SECRET_WARNING: &str = "METACAST_JWT_SECRET is the published docker-compose.yml \
+     default: anyone can mint tokens this server accepts. Set a secret of your own \
+     (at least 32 random bytes) for anything beyond a local try-out.";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,7 +38,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", metacast::api::openapi().to_pretty_json()?);
         }
         Command::Token(args) => {
-            println!("{}", metacast::cli::mint(&Settings::from_env()?, &args)?);
+            let settings = Settings::from_env()?;
+            // stderr: stdout is the token alone, for `$(metacast token …)`.
+            if settings.uses_published_secret() {
+                eprintln!("metacast: warning: {PUBLISHED_SECRET_WARNING}");
+            }
+            println!("{}", metacast::cli::mint(&settings, &args)?);
         }
         Command::Migrate => {
             let settings = Settings::from_env()?;
@@ -50,10 +59,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::from_env()?;
     args.apply(&mut settings);
+    metacast::telemetry::init(settings.log_format);
     if args.dev {
+        // Said, because tokens minted with the configured secret stop
+        // working here, which is puzzling when it happens silently.
+        if settings.jwt.secret.is_some() {
+            tracing::warn!(
+                "serve --dev: the configured METACAST_JWT_SECRET is replaced by a throw-away secret; \
+                 tokens signed with it are refused"
+            );
+        }
         settings.jwt.secret = Some(metacast::cli::throwaway_secret());
     }
-    metacast::telemetry::init(settings.log_format);
+    if settings.uses_published_secret() {
+        tracing::warn!("{PUBLISHED_SECRET_WARNING}");
+    }
     let state = metacast::app::connect(settings).await?;
     let listener = metacast::app::bind(&state).await?;
     if args.dev {
