@@ -59,6 +59,9 @@ pub struct Settings {
     pub document_cache_bytes: usize,
     /// The longest a cached document is served without being read again.
     pub document_cache_max_age: Duration,
+    /// Unexpired stream tickets one subject may hold at once; one more is a
+    /// 429 `too-many-tickets` until the oldest expires or is used.
+    pub max_tickets_per_subject: usize,
 }
 
 /// Connections, leases, occupancy and sessions.
@@ -166,6 +169,7 @@ impl Settings {
             document_cache_max_age: Duration::from_secs(
                 env.parse("METACAST_DOCUMENT_CACHE_MAX_AGE_SECS", 60)?,
             ),
+            max_tickets_per_subject: env.parse("METACAST_MAX_TICKETS_PER_SUBJECT", 32)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -192,6 +196,9 @@ impl Settings {
         }
         if self.db_max_connections == 0 {
             bail!("METACAST_DB_MAX_CONNECTIONS must be positive");
+        }
+        if self.max_tickets_per_subject == 0 {
+            bail!("METACAST_MAX_TICKETS_PER_SUBJECT must be positive");
         }
         if self.max_streams_per_subject == 0 {
             bail!("METACAST_MAX_STREAMS_PER_SUBJECT must be positive");

@@ -10,6 +10,7 @@ mod room_list;
 mod rooms;
 mod sessions;
 mod streams;
+mod tickets;
 
 use std::time::Duration;
 
@@ -76,7 +77,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         // Connections and their metadata.
         .merge(connections::router())
-        // Event streams and stream tickets.
+        // Stream tickets, then event streams.
+        .merge(tickets::router())
         .merge(streams::router())
         // Health, readiness and metrics: no authentication.
         .merge(ops::router())

@@ -1,22 +1,19 @@
-//! Event streams over SSE, and the single-use tickets browsers open them with.
+//! Event streams over SSE, opened with a ticket, a bearer token or a cookie.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -32,8 +29,6 @@ use crate::extract::Query;
 use crate::presence::connections;
 use crate::state::AppState;
 
-/// How long a stream ticket is valid.
-const TICKET_TTL: Duration = Duration::from_secs(60);
 /// Keep-alive comments: proxies and browsers see traffic at least this often.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// The cookie that may carry the token for `EventSource` reconnects.
@@ -41,60 +36,8 @@ const TOKEN_COOKIE: &str = "metacast_token";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create_ticket))
         .routes(routes!(room_events))
         .routes(routes!(connection_events))
-}
-
-/// A single-use stream ticket.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"ticket": "b3Jk…", "expires_at": "2026-11-22T19:01:00Z"}))]
-pub struct TicketOut {
-    /// Pass as `?ticket=` to open one stream.
-    pub ticket: String,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// Create a single-use ticket (valid 60 s) that opens one event stream via
-/// `?ticket=`, for browsers whose `EventSource` cannot send headers. It
-/// carries the token's subject and permissions; tokens never go in URLs.
-#[utoipa::path(
-    post, path = "/v1/stream-tickets", tag = "events", operation_id = "events.ticket",
-    security(("bearer" = [])),
-    responses(
-        (status = 201, description = "A ticket", body = TicketOut),
-        (status = 401, description = "Missing or invalid token", body = ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unreachable", body = ProblemDetails, content_type = "application/problem+json"),
-    )
-)]
-async fn create_ticket(
-    _user: AuthUser,
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<(StatusCode, Json<TicketOut>), Error> {
-    // The extractor verified it; the ticket stands for exactly this token.
-    let token =
-        bearer(&headers).ok_or_else(|| Error::Unauthorized("a bearer token is required".into()))?;
-    let mut random = [0u8; 32];
-    random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    random[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let ticket = URL_SAFE_NO_PAD.encode(random);
-    let mut redis = state.redis.clone();
-    redis::cmd("SET")
-        .arg(state.redis_keys.ticket(&ticket))
-        .arg(token)
-        .arg("PX")
-        .arg(TICKET_TTL.as_millis() as u64)
-        .query_async::<()>(&mut redis)
-        .await?;
-    let expires_at = Utc::now() + TICKET_TTL;
-    Ok((StatusCode::CREATED, Json(TicketOut { ticket, expires_at })))
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// How a stream was authorized: a ticket, the bearer header, or the cookie.
@@ -120,14 +63,7 @@ impl FromRequestParts<AppState> for StreamUser {
     ) -> Result<Self, Self::Rejection> {
         let Query(params) = Query::<StreamParams>::from_request_parts(parts, state).await?;
         if let Some(ticket) = params.ticket {
-            let mut redis = state.redis.clone();
-            let token: Option<String> = redis::cmd("GETDEL")
-                .arg(state.redis_keys.ticket(&ticket))
-                .query_async(&mut redis)
-                .await?;
-            let token = token
-                .ok_or_else(|| Error::Unauthorized("the ticket is spent or expired".into()))?;
-            return Ok(Self(AuthUser::from_token(&state.keys, &token)?));
+            return Ok(Self(super::tickets::redeem(state, &ticket).await?));
         }
         if parts.headers.contains_key(header::AUTHORIZATION) {
             return Ok(Self(AuthUser::from_request_parts(parts, state).await?));

@@ -5,6 +5,7 @@ mod extract;
 mod keys;
 pub mod policy;
 mod ranges;
+mod ticket;
 
 pub use claims::{Action, Claims, MetacastClaim, Permissions, RoomPattern};
 pub use extract::{
@@ -13,3 +14,4 @@ pub use extract::{
 };
 pub use keys::{JwtKeys, JwtSettings, TokenRequest};
 pub use ranges::{IdRange, RoomRanges};
+pub use ticket::TicketIdentity;

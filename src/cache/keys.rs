@@ -114,9 +114,17 @@ impl Keys {
         format!("{}epoch", self.prefix)
     }
 
-    /// String: a stream ticket → the token it stands for.
+    /// String: a stream ticket → the identity it stands for (compact JSON).
     pub fn ticket(&self, ticket: &str) -> String {
         format!("{}ticket:{ticket}", self.prefix)
+    }
+
+    /// Sorted set: one subject's unexpired tickets → when each expires (ms),
+    /// for the per-subject cap. The subject is hex-encoded, as in
+    /// [`Keys::subject_connections`], so it cannot inject a hash tag.
+    pub fn subject_tickets(&self, subject: &str) -> String {
+        let hex: String = subject.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}{{tickets:{hex}}}", self.prefix)
     }
 
     /// String: the sequence number of the room's last durable event in its stream.
@@ -149,5 +157,7 @@ mod tests {
     fn subjects_cannot_inject_hash_tags() {
         let key = Keys::new("mc:").subject_connections("a}{b");
         assert!(!key.contains('{') && !key.contains('}'), "{key}");
+        let key = Keys::new("mc:").subject_tickets("a}{b");
+        assert_eq!(key, "mc:{tickets:617d7b62}");
     }
 }

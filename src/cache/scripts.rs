@@ -37,6 +37,27 @@ return 1
     )
 });
 
+/// KEYS: a subject's tickets. ARGV: ticket, ttl ms, cap.
+/// → {1, expires_at ms} reserved, or {0, ms until the oldest expires} at the
+/// cap. Expired entries are pruned first; the set expires with its last one.
+pub static RESERVE_TICKET: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, tonumber(oldest[2]) - now}
+end
+local expires = now + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]))
+return {1, expires}
+"#,
+    )
+});
+
 /// KEYS: connection. ARGV: owner, metadata JSON, version, ttl ms.
 /// → {created_at, expires_at}.
 pub static CREATE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {

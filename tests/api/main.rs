@@ -35,3 +35,4 @@ mod sse;
 #[path = "../common/sse_text.rs"]
 mod sse_text;
 mod streams;
+mod tickets;
