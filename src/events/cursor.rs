@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::ids::StreamPosition;
+use super::ids::{StreamPosition, topic_hash};
 
 const VERSION: u8 = 1;
 /// The longest id written or read, in characters.
@@ -109,14 +109,6 @@ fn parse(raw: &str) -> Option<(Vec<u8>, HashMap<u64, StreamPosition>)> {
         positions.insert(hash, StreamPosition { ms, seq });
     }
     reader.0.is_empty().then_some((epoch, positions))
-}
-
-/// 64-bit FNV-1a: stable across builds and instances, which a cursor taken
-/// on one instance and resumed on another needs.
-fn topic_hash(topic: &str) -> u64 {
-    topic.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// LEB128.

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, broadcast};
 
 use super::frame;
-use super::ids::{EventId, StreamPosition, current_epoch};
+use super::ids::{EventId, StreamPosition, current_epoch, room_epoch};
 use crate::cache::{Keys, Redis};
 use crate::document::DocumentCache;
 use crate::lifecycle::Lifecycle;
@@ -134,7 +134,10 @@ impl Hub {
         // own replay or snapshot.
         let subscription = self.inner.subscriptions.load(Ordering::Acquire);
         let start = stream_end(&self.inner.redis, &self.inner.keys, room).await?;
-        let epoch = current_epoch(&self.inner.redis, &self.inner.keys).await?;
+        let epoch = room_epoch(
+            &current_epoch(&self.inner.redis, &self.inner.keys).await?,
+            room,
+        );
         let mut feeds = self.lock();
         if let Some(feed) = feeds.get(room).and_then(Weak::upgrade) {
             let receiver = feed.sender.subscribe();
@@ -254,7 +257,8 @@ async fn run_feed(
         let Some(current) = feed.upgrade() else { break };
         let subscriptions = inner.subscriptions.load(Ordering::Acquire);
         if polled || unsure || subscriptions != subscription {
-            match current_epoch(&inner.redis, &inner.keys).await {
+            let now = current_epoch(&inner.redis, &inner.keys).await;
+            match now.map(|now| room_epoch(&now, &room)) {
                 Ok(now) if now != epoch => {
                     epoch = now;
                     position = stream_end(&inner.redis, &inner.keys, &room)
@@ -380,6 +384,28 @@ impl Retained {
     pub fn covers(&self, at: StreamPosition) -> bool {
         at >= self.first || (self.whole && at == StreamPosition::default())
     }
+}
+
+/// Whether the topic's stream holds an entry at exactly `at`: a position a
+/// subscriber was given is one (or the empty stream's start), and anything
+/// else was made up.
+pub async fn holds(
+    redis: &Redis,
+    keys: &Keys,
+    room: &str,
+    at: StreamPosition,
+) -> redis::RedisResult<bool> {
+    if at == StreamPosition::default() {
+        return Ok(true);
+    }
+    let mut conn = redis.clone();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.topic_events(room))
+        .arg(at.to_string())
+        .arg(at.to_string())
+        .query_async(&mut conn)
+        .await?;
+    Ok(!reply.ids.is_empty())
 }
 
 /// What the topic's stream still holds, from `XINFO STREAM`.

@@ -66,6 +66,21 @@ impl fmt::Display for EventId {
     }
 }
 
+/// The epoch of one room's stream ids: the dataset's epoch and a tag of the
+/// room, so that an id taken from another room's stream is never mistaken
+/// for a position in this one (stream entry ids alone can coincide).
+pub fn room_epoch(epoch: &str, room: &str) -> String {
+    format!("{epoch}{:08x}", topic_hash(room) >> 32)
+}
+
+/// 64-bit FNV-1a: stable across builds and instances, which an id taken on
+/// one instance and resumed on another needs.
+pub fn topic_hash(topic: &str) -> u64 {
+    topic.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The current epoch, created by whoever asks first after Redis (re)starts.
 pub async fn current_epoch(redis: &Redis, keys: &Keys) -> redis::RedisResult<String> {
     let mut conn = redis.clone();
@@ -101,6 +116,16 @@ mod tests {
         ] {
             assert_eq!(EventId::parse(raw), None, "{raw}");
         }
+    }
+
+    #[test]
+    fn rooms_have_epochs_of_their_own() {
+        let lobby = room_epoch("00ff", "lobby");
+        assert_eq!(lobby.len(), 4 + 8);
+        assert!(lobby.starts_with("00ff"));
+        assert_eq!(lobby, room_epoch("00ff", "lobby"));
+        assert_ne!(lobby, room_epoch("00ff", "lobby2"));
+        assert!(EventId::parse(&format!("{lobby}-1-0")).is_some());
     }
 
     #[test]

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::frame;
-use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, read_after, retained, stream_end};
-use super::ids::{EventId, StreamPosition, current_epoch};
+use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, holds, read_after, retained, stream_end};
+use super::ids::{EventId, StreamPosition, current_epoch, room_epoch};
 use crate::db;
 use crate::error::Error;
 use crate::presence::{occupancy, occupants};
@@ -29,7 +29,8 @@ pub enum Start {
 /// anything (so nothing falls between the first frames and the live ones)
 /// and returns its frames. The response body polls the stream itself (no
 /// task of its own, so one wake-up per event); it ends after
-/// `room.deleted`, when the feed closes, or when it is dropped.
+/// `room.deleted` (live or replayed), after a `sync` that finds the room
+/// gone, when the feed closes, or when it is dropped.
 pub async fn open(
     state: &AppState,
     room: &str,
@@ -39,15 +40,15 @@ pub async fn open(
     let mut session = Session {
         state: state.clone(),
         room: room.to_owned(),
-        epoch: current_epoch(&state.redis, &state.redis_keys).await?,
+        epoch: room_epoch(&current_epoch(&state.redis, &state.redis_keys).await?, room),
         position: StreamPosition::default(),
+        ended: false,
     };
     let first = session.start(start).await?;
     let live = Live {
         session,
         receiver,
         _feed: feed,
-        ended: false,
     };
     Ok(stream::iter(first).chain(stream::unfold(live, Live::next)))
 }
@@ -58,6 +59,9 @@ struct Session {
     epoch: String,
     /// The last position this subscriber has been given (or covered by a sync).
     position: StreamPosition,
+    /// The room is gone: its `room.deleted` was sent, or a `sync` found no
+    /// room. Nothing follows.
+    ended: bool,
 }
 
 impl Session {
@@ -75,19 +79,30 @@ impl Session {
                 self.position,
             )
             .await?;
-            return Ok(events.iter().map(|event| self.replayed(event)).collect());
+            let mut frames = Vec::with_capacity(events.len());
+            for event in &events {
+                frames.push(self.replayed(event));
+                if self.ended {
+                    // A later incarnation of the room is not this stream's.
+                    break;
+                }
+            }
+            return Ok(frames);
         }
         crate::metrics::stream_sync("start");
         Ok(vec![self.sync().await?])
     }
 
-    /// Whether history still holds everything after `id`.
+    /// Whether `id` is a position this room's stream gave out and history
+    /// still holds everything after it. An id of another room (its epoch
+    /// carries the room's tag) or one made up between entries is not.
     async fn resumable(&self, id: &EventId) -> Result<bool, Error> {
         if id.epoch != self.epoch {
             return Ok(false);
         }
-        let end = stream_end(&self.state.redis, &self.state.redis_keys, &self.room).await?;
-        if id.position > end {
+        let (redis, keys) = (&self.state.redis, &self.state.redis_keys);
+        let end = stream_end(redis, keys, &self.room).await?;
+        if id.position > end || !holds(redis, keys, &self.room, id.position).await? {
             return Ok(false);
         }
         let retained = retained(&self.state.redis, &self.state.redis_keys, &self.room).await?;
@@ -99,15 +114,20 @@ impl Session {
     /// A `sync` frame with the room's current state, positioned at the
     /// stream's end read *before* the state, so nothing falls in between.
     async fn sync(&mut self) -> Result<Bytes, Error> {
-        self.epoch = current_epoch(&self.state.redis, &self.state.redis_keys).await?;
+        let epoch = current_epoch(&self.state.redis, &self.state.redis_keys).await?;
+        self.epoch = room_epoch(&epoch, &self.room);
         self.position = stream_end(&self.state.redis, &self.state.redis_keys, &self.room).await?;
         let snapshot = snapshot(&self.state, &self.room).await?;
+        // A stream that fell behind past the room's deletion skipped its
+        // `room.deleted`: this snapshot of no room is its last frame.
+        self.ended = snapshot["metadata"].is_null();
         let id = EventId::new(&self.epoch, self.position).to_string();
         Ok(frame::encode(&id, "sync", &snapshot.to_string()))
     }
 
     fn replayed(&mut self, event: &StoredEvent) -> Bytes {
         self.position = event.position;
+        self.ended = event.kind == "room.deleted";
         event.room_frame(&self.epoch)
     }
 
@@ -118,6 +138,7 @@ impl Session {
             return self.replayed(&live.event);
         }
         self.position = live.event.position;
+        self.ended = live.event.kind == "room.deleted";
         live.frame().clone()
     }
 }
@@ -128,19 +149,17 @@ struct Live {
     receiver: broadcast::Receiver<Delivery>,
     /// The feed lives as long as one of its subscribers holds it.
     _feed: Arc<Feed>,
-    ended: bool,
 }
 
 impl Live {
     async fn next(mut self) -> Option<(Bytes, Self)> {
-        if self.ended {
+        if self.session.ended {
             return None;
         }
         loop {
             let delivery = self.receiver.recv().await;
             let frame = match delivery {
                 Ok(Delivery::Event(event)) if event.event.position > self.session.position => {
-                    self.ended = event.event.kind == "room.deleted";
                     self.session.live(&event)
                 }
                 Ok(Delivery::Event(_)) => continue,

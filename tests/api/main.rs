@@ -34,5 +34,6 @@ mod slow_bodies;
 mod sse;
 #[path = "../common/sse_text.rs"]
 mod sse_text;
+mod stream_rules;
 mod streams;
 mod tickets;
