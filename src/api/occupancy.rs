@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -17,10 +17,9 @@ use super::rooms::find_room;
 use crate::auth::policy::{self, Manage, RoomView};
 use crate::auth::{AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
 use crate::error::{Error, ProblemDetails};
-use crate::events::{self, Event};
 use crate::extract::Query;
 use crate::presence::occupancy::{Leave, Remover};
-use crate::presence::{connections, occupancy, occupants};
+use crate::presence::{connections, occupancy, occupants, teardown};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -234,16 +233,6 @@ async fn clear_room(
 ) -> Result<StatusCode, Error> {
     let room = access.room.as_str();
     find_room(&state, &access.room).await?;
-    occupancy::evict_all(&state, room, &access.user.subject).await?;
-    events::publish(
-        &state,
-        &[Event::new(
-            "room.cleared",
-            room,
-            &access.user.subject,
-            json!({}),
-        )],
-    )
-    .await;
+    teardown::clear(&state, room, &access.user.subject).await?;
     Ok(StatusCode::NO_CONTENT)
 }

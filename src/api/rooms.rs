@@ -14,14 +14,14 @@ use utoipa_axum::routes;
 use super::sessions::SessionOut;
 use crate::auth::{Delete, Read, RoomAccess, WriteRoom};
 use crate::db::rooms::{self as db, RoomRow};
-use crate::db::{outbox, sessions};
+use crate::db::sessions;
 use crate::document::cache::{CachedDocument, Lookup};
 use crate::document::{Preconditions, Write, etag};
 use crate::error::{Error, ProblemDetails};
 use crate::events::{self, Event};
 use crate::extract::{Body, Query};
 use crate::ids::RoomId;
-use crate::presence::occupancy;
+use crate::presence::{occupancy, teardown};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -135,32 +135,10 @@ async fn delete_room(
     let actor = access.user.subject.as_str();
     let row = find_room(&state, room).await?;
     preconditions.check_write(Some(row.version))?;
-    occupancy::evict_all(&state, room.as_str(), actor).await?;
-
-    let mut tx = crate::db::begin(&state.db).await?;
-    let row = db::lock(&mut tx, room.as_str())
-        .await?
-        .filter(RoomRow::is_live)
-        .ok_or_else(|| room_not_found(room))?;
-    preconditions.check_write(Some(row.version))?;
-    // A join that raced the eviction may have started a new session.
-    let mut durable: Vec<Event> = sessions::end_others(&mut tx, room.as_str(), None)
-        .await?
-        .iter()
-        .map(|session| crate::presence::sessions::ended_event(session, actor))
-        .collect();
-    db::tombstone(&mut tx, room.as_str()).await?;
-    durable.push(Event::new(
-        "room.deleted",
-        room.as_str(),
-        actor,
-        serde_json::json!({}),
-    ));
-    for event in &mut durable {
-        outbox::record(&mut tx, event).await?;
-    }
-    tx.commit().await?;
-    events::publish(&state, &durable).await;
+    teardown::delete(&state, room, actor, |version| {
+        preconditions.check_write(Some(version))
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -277,8 +277,9 @@ async fn delete_session_metadata(
     Ok(with_etag(row.version, StatusCode::NO_CONTENT))
 }
 
-/// Applies `write` to the active session's metadata under the session's row
-/// lock, recording `session.metadata.updated` in the same transaction.
+/// Applies `write` to the active session's metadata under the room's and
+/// then the session's row lock (the order of every session transition),
+/// recording `session.metadata.updated` in the same transaction.
 async fn write_metadata(
     state: &AppState,
     access: &RoomAccess<WriteSession>,
@@ -287,6 +288,7 @@ async fn write_metadata(
 ) -> Result<SessionRow, Error> {
     let room = &access.room;
     let mut tx = crate::db::begin(&state.db).await?;
+    crate::db::rooms::lock_row(&mut tx, room.as_str()).await?;
     let row = db::lock_active(&mut tx, room.as_str())
         .await?
         .ok_or_else(|| no_active_session(room, StatusCode::CONFLICT))?;

@@ -80,7 +80,8 @@ impl Keys {
 
     /// Hash: each occupant's profile, what the room's events last said about
     /// it: `o:<id>` its owner and `m:<id>` its metadata (JSON), `v:<id>` the
-    /// metadata's version, `s:<id>` the stamp of the attach that joined it.
+    /// metadata's version, `s:<id>` the stamp of the attach that joined it,
+    /// `j:<id>` the nonce of the join that made its membership.
     pub fn room_profiles(&self, room: &str) -> String {
         format!("{}{{room:{room}}}:profiles", self.prefix)
     }

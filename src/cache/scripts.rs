@@ -188,7 +188,8 @@ return 1
 // JSON, `v:<id>` the metadata's version) is what the room's events last
 // said about it: a leave describes and authorizes the occupant from it,
 // without first reading the connection's keys in another slot. `s:<id>` is
-// the stamp of the latest attach that joined it, which its leave detaches.
+// the stamp of the latest attach that joined it, which its leave detaches;
+// `j:<id>` the nonce of the join that made the membership.
 
 /// KEYS: room members, room session, room events, room profiles, room
 /// departed, room occupants. ARGV: connection id, candidate session id, presence.joined
@@ -196,7 +197,12 @@ return 1
 /// (JSON), metadata version, history length, events channel, room id,
 /// attach stamp.
 /// → {joined (1), already a member (0) or departed (-1), occupancy, session
-/// id, started (1/0), joined_at}.
+/// id, started (1/0), joined_at, the session's started_at, durable (1: the
+/// session is known to be in Postgres)}.
+///
+/// The candidate session id doubles as the nonce of the membership a join
+/// makes (`j:<id>` in the profile), by which the starter's late
+/// `presence.joined` knows its membership is still the one it made.
 ///
 /// First in starts the session. A join that does not start one records its
 /// `presence.joined` here, atomically; the starter's is recorded after the
@@ -207,25 +213,30 @@ return 1
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return {-1, 0, '', 0, 0} end
+if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return {-1, 0, '', 0, 0, 0, 0} end
+local function session()
+  local s = redis.call('HMGET', KEYS[2], 'id', 'started_at', 'durable')
+  return s[1] or '', tonumber(s[2] or '0'), s[3] == '1' and 1 or 0
+end
 local joined_at = redis.call('HGET', KEYS[1], ARGV[1])
 if joined_at then
   local stamp = redis.call('HGET', KEYS[4], 's:' .. ARGV[1])
   if stamp and tonumber(stamp) < tonumber(ARGV[10]) then
     redis.call('HSET', KEYS[4], 's:' .. ARGV[1], ARGV[10])
   end
-  return {0, redis.call('HLEN', KEYS[1]), redis.call('HGET', KEYS[2], 'id') or '', 0, tonumber(joined_at)}
+  local sid, started, durable = session()
+  return {0, redis.call('HLEN', KEYS[1]), sid, 0, tonumber(joined_at), started, durable}
 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], ARGV[1], now)
 redis.call('ZADD', KEYS[6], 0, ARGV[1])
 redis.call('HSET', KEYS[4], 'o:' .. ARGV[1], ARGV[4], 'm:' .. ARGV[1], ARGV[5], 'v:' .. ARGV[1], ARGV[6],
-  's:' .. ARGV[1], ARGV[10])
+  's:' .. ARGV[1], ARGV[10], 'j:' .. ARGV[1], ARGV[2])
 local n = redis.call('HLEN', KEYS[1])
-local sid = redis.call('HGET', KEYS[2], 'id')
-if not sid then
+local sid, started, durable = session()
+if sid == '' then
   redis.call('HSET', KEYS[2], 'id', ARGV[2], 'started_at', now, 'peak', n)
-  return {1, n, ARGV[2], 1, now}
+  return {1, n, ARGV[2], 1, now, now, 0}
 end
 if n > tonumber(redis.call('HGET', KEYS[2], 'peak') or '0') then
   redis.call('HSET', KEYS[2], 'peak', n)
@@ -233,7 +244,7 @@ end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'presence.joined',
   'data', ARGV[3] .. ',"metadata":' .. ARGV[5] .. ',"occupancy":' .. n .. '}')
 redis.call('PUBLISH', ARGV[8], ARGV[9])
-return {1, n, sid, 0, now}
+return {1, n, sid, 0, now, started, durable}
 "#,
     )
 });
@@ -254,7 +265,7 @@ return {1, n, sid, 0, now}
 /// 9. history length, 10. events channel, 11. room id.
 ///
 /// → {1, occupancy, attach stamp (empty if the profile has none)[, ended
-/// session id, peak]} left, {0, occupancy} not a member, {-1} refused (not
+/// session id, peak, its started_at]} left, {0, occupancy} not a member, {-1} refused (not
 /// the caller's to remove, or no profile): nothing changed.
 ///
 /// Last out ends the session; only the caller whose HDEL removed the member
@@ -285,7 +296,7 @@ if ARGV[3] ~= '' and ARGV[3] ~= owner then
 end
 redis.call('HDEL', KEYS[1], id)
 redis.call('ZREM', KEYS[6], id)
-redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id, 's:' .. id)
+redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id, 's:' .. id, 'j:' .. id)
 local n = redis.call('HLEN', KEYS[1])
 if ARGV[2] ~= '' then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'type', 'presence.left',
@@ -294,11 +305,68 @@ if ARGV[2] ~= '' then
   redis.call('PUBLISH', ARGV[10], ARGV[11])
 end
 if n == 0 then
-  local s = redis.call('HMGET', KEYS[2], 'id', 'peak')
+  local s = redis.call('HMGET', KEYS[2], 'id', 'peak', 'started_at')
   redis.call('DEL', KEYS[2])
-  if s[1] then return {1, 0, stamp, s[1], tonumber(s[2] or '0')} end
+  if s[1] then return {1, 0, stamp, s[1], tonumber(s[2] or '0'), tonumber(s[3] or '0')} end
 end
 return {1, n, stamp}
+"#,
+    )
+});
+
+/// KEYS: room session, room members. → {session id ('' if none),
+/// started_at ms, its age ms on Redis' clock, occupancy}.
+pub static ROOM_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local s = redis.call('HMGET', KEYS[1], 'id', 'started_at')
+local started = tonumber(s[2] or '0')
+return {s[1] or '', started, now_ms() - started, redis.call('HLEN', KEYS[2])}
+"#,
+    )
+});
+
+/// KEYS: room session. ARGV: session id. Marks the session recorded in
+/// Postgres, if it is still the room's.
+pub static MARK_SESSION_DURABLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'durable', '1')
+end
+return 1
+"#,
+    )
+});
+
+/// KEYS: room events, room profiles. ARGV: connection id, the join's
+/// nonce, presence.joined payload (complete), history length, events
+/// channel, room id. → 1 recorded, 0 not: the membership this join made
+/// is gone (a leave or an eviction came first and recorded its
+/// `presence.left`), so a late `presence.joined` would be a ghost.
+///
+/// The `presence.joined` of a join that started the session, recorded
+/// after the session is durable (`session.started` comes first).
+pub static STARTER_JOINED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[2], 'j:' .. ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'type', 'presence.joined', 'data', ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"#,
+    )
+});
+
+/// KEYS: the active-sessions index. ARGV: room, the ended session's
+/// started_at. Takes the room out of the index only if its entry is the
+/// ended session's: a join may have started and indexed a newer one since.
+pub static UNINDEX_SESSION: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 1
 "#,
     )
 });

@@ -66,6 +66,17 @@ pub async fn lock(conn: &mut PgConnection, id: &str) -> sqlx::Result<Option<Room
     .await
 }
 
+/// Locks the room's row without reading its document: what a change to
+/// one of its sessions takes first, in the order every session transition
+/// takes its locks (room, then session), so the two never deadlock.
+pub async fn lock_row(conn: &mut PgConnection, id: &str) -> sqlx::Result<()> {
+    sqlx::query("select 1 from rooms where id = $1 for update")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Locks the room's row, first inserting a tombstone at version 0 if there is
 /// none. Concurrent creators wait on the unique key instead of failing, and
 /// the tombstone disappears with the transaction unless a write revives it.

@@ -82,6 +82,27 @@ pub async fn insert(
     Ok(done.rows_affected() == 1)
 }
 
+/// Records a session that Redis ended before its start reached Postgres,
+/// as already ended; nothing when it is recorded already.
+pub async fn insert_ended(
+    conn: &mut PgConnection,
+    id: Uuid,
+    room: &str,
+    started_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into sessions (id, room, started_at, ended_at, final_metadata)
+         values ($1, $2, $3, greatest(now(), $3), '{}')
+         on conflict (id) do nothing",
+    )
+    .bind(id)
+    .bind(room)
+    .bind(started_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Ends an open session: archives its metadata and clears the live copy.
 /// Returns the ended row, or `None` when it was already ended (then only
 /// its peak is raised, so a late end still records the right peak).

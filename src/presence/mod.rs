@@ -7,5 +7,6 @@ pub mod occupancy;
 pub mod occupants;
 pub mod sessions;
 pub mod sweeper;
+pub mod teardown;
 
 pub use connections::Connection;

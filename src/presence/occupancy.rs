@@ -100,26 +100,33 @@ pub async fn join(
         json!({"connection_id": conn.id, "owner": conn.owner}),
     );
     let candidate = Uuid::now_v7();
-    let (status, occupancy, session_id, started, joined_at): (i64, i64, String, i64, i64) =
-        scripts::JOIN
-            .key(keys.room_members(room.as_str()))
-            .key(keys.room_session(room.as_str()))
-            .key(keys.room_events(room.as_str()))
-            .key(keys.room_profiles(room.as_str()))
-            .key(keys.room_departed(room.as_str()))
-            .key(keys.room_occupants(room.as_str()))
-            .arg(&conn.id)
-            .arg(candidate.to_string())
-            .arg(joined_event.open_payload())
-            .arg(serde_json::to_string(&conn.owner).map_err(anyhow::Error::from)?)
-            .arg(conn.metadata.to_string())
-            .arg(conn.version)
-            .arg(presence.event_history)
-            .arg(keys.events_channel())
-            .arg(room.as_str())
-            .arg(stamp)
-            .invoke_async(&mut redis)
-            .await?;
+    let (status, occupancy, session_id, started, joined_at, session_started_at, durable): (
+        i64,
+        i64,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = scripts::JOIN
+        .key(keys.room_members(room.as_str()))
+        .key(keys.room_session(room.as_str()))
+        .key(keys.room_events(room.as_str()))
+        .key(keys.room_profiles(room.as_str()))
+        .key(keys.room_departed(room.as_str()))
+        .key(keys.room_occupants(room.as_str()))
+        .arg(&conn.id)
+        .arg(candidate.to_string())
+        .arg(joined_event.open_payload())
+        .arg(serde_json::to_string(&conn.owner).map_err(anyhow::Error::from)?)
+        .arg(conn.metadata.to_string())
+        .arg(conn.version)
+        .arg(presence.event_history)
+        .arg(keys.events_channel())
+        .arg(room.as_str())
+        .arg(stamp)
+        .invoke_async(&mut redis)
+        .await?;
     if status == -1 {
         // It ended after ATTACH, and its leave of this room came first.
         return Err(not_found(&conn.id));
@@ -132,17 +139,43 @@ pub async fn join(
             .arg(room.as_str())
             .query_async::<()>(&mut redis)
             .await?;
-        let session_id = candidate;
-        match sessions::start(state, room, session_id, millis(joined_at), occupancy, actor).await {
-            Ok(mut durable) => {
-                joined_event.data["metadata"] = conn.metadata.clone();
-                joined_event.data["occupancy"] = occupancy.into();
-                durable.push(joined_event);
-                events::publish(state, &durable).await;
+        match sessions::start(state, room, candidate, millis(joined_at), occupancy, actor).await {
+            Ok(recorded) => {
+                events::publish(state, &recorded.events).await;
+                if recorded.current {
+                    joined_event.data["metadata"] = conn.metadata.clone();
+                    joined_event.data["occupancy"] = occupancy.into();
+                    record_starter_joined(state, room.as_str(), &conn.id, candidate, &joined_event)
+                        .await;
+                }
             }
             Err(err) => {
                 // Undo quietly: nobody was told about this join.
                 undo_join(state, room.as_str(), &conn.id, stamp).await;
+                return Err(err);
+            }
+        }
+    } else if durable == 0
+        && let Ok(id) = Uuid::try_parse(&session_id)
+    {
+        // Its starter may not have recorded the session yet: a 201 naming
+        // it must not come before a GET can find it. Recording it again is
+        // a no-op, and fenced like the starter's.
+        let recorded = sessions::start(
+            state,
+            room,
+            id,
+            millis(session_started_at),
+            occupancy,
+            actor,
+        )
+        .await;
+        match recorded {
+            Ok(recorded) => events::publish(state, &recorded.events).await,
+            Err(err) => {
+                if status == 1 {
+                    undo_join(state, room.as_str(), &conn.id, stamp).await;
+                }
                 return Err(err);
             }
         }
@@ -154,6 +187,34 @@ pub async fn join(
         joined_at: millis(joined_at),
     };
     Ok((conn, joined))
+}
+
+/// Records the starter's `presence.joined` unless its membership is gone
+/// already (the leave that ended it recorded `presence.left` first).
+async fn record_starter_joined(
+    state: &AppState,
+    room: &str,
+    connection_id: &str,
+    nonce: Uuid,
+    event: &Event,
+) {
+    let keys = &state.redis_keys;
+    let mut redis = state.redis.clone();
+    let recorded: redis::RedisResult<i64> = scripts::STARTER_JOINED
+        .key(keys.room_events(room))
+        .key(keys.room_profiles(room))
+        .arg(connection_id)
+        .arg(nonce.to_string())
+        .arg(event.data.to_string())
+        .arg(state.settings.presence.event_history)
+        .arg(keys.events_channel())
+        .arg(room)
+        .invoke_async(&mut redis)
+        .await;
+    if let Err(err) = recorded {
+        // Like any presence event lost to an outage: streams resync.
+        tracing::warn!(error = %err, room, connection_id, "presence.joined not recorded");
+    }
 }
 
 async fn undo_join(state: &AppState, room: &str, connection_id: &str, stamp: i64) {
@@ -168,13 +229,8 @@ async fn undo_join(state: &AppState, room: &str, connection_id: &str, stamp: i64
         )
         .await?;
         detach(state, room, connection_id, Some(stamp)).await?;
-        if outcome.ended.is_some() {
-            let mut redis = state.redis.clone();
-            redis::cmd("ZREM")
-                .arg(state.redis_keys.active_sessions())
-                .arg(room)
-                .query_async::<()>(&mut redis)
-                .await?;
+        if let Some(ended) = &outcome.ended {
+            unindex_session(state, room, ended.started_at).await?;
         }
         Ok::<_, Error>(())
     };
@@ -214,8 +270,15 @@ struct LeaveOutcome {
     status: i64,
     /// The attach the leave took out of the room, if its profile knew it.
     stamp: Option<i64>,
-    /// The session this leave ended, with its peak occupancy.
-    ended: Option<(String, i64)>,
+    /// The session this leave ended.
+    ended: Option<EndedInRedis>,
+}
+
+/// A session the last leave ended in Redis.
+struct EndedInRedis {
+    id: String,
+    peak: i64,
+    started_at: i64,
 }
 
 /// Owner and metadata (JSON) of an occupant without a profile.
@@ -274,10 +337,16 @@ async fn leave_script(
     let stamp = reply
         .get(2)
         .and_then(|stamp| redis::from_redis_value_ref::<i64>(stamp).ok());
-    let ended = match (reply.get(3), reply.get(4)) {
-        (Some(id), Some(redis::Value::Int(peak))) => redis::from_redis_value_ref::<String>(id)
-            .ok()
-            .map(|id| (id, *peak)),
+    let ended = match (reply.get(3), reply.get(4), reply.get(5)) {
+        (Some(id), Some(redis::Value::Int(peak)), Some(redis::Value::Int(started_at))) => {
+            redis::from_redis_value_ref::<String>(id)
+                .ok()
+                .map(|id| EndedInRedis {
+                    id,
+                    peak: *peak,
+                    started_at: *started_at,
+                })
+        }
         _ => None,
     };
     Ok(LeaveOutcome {
@@ -347,8 +416,8 @@ pub async fn leave(
         0 if caller => return Ok(Leave::NotInRoom),
         _ => {}
     }
-    let ended = match outcome.ended {
-        Some((session_id, peak)) => end_session(state, room, &session_id, peak, actor).await,
+    let ended = match &outcome.ended {
+        Some(ended) => end_session(state, room, ended, actor).await,
         None => Ok(()),
     };
     // Detached last, so the connection's own stream, which stops following
@@ -373,36 +442,26 @@ pub async fn leave(
 async fn end_session(
     state: &AppState,
     room: &str,
-    session_id: &str,
-    peak: i64,
+    ended: &EndedInRedis,
     actor: &str,
 ) -> Result<(), Error> {
-    let id = Uuid::try_parse(session_id)
-        .map_err(|_| anyhow::anyhow!("malformed session id {session_id:?} in Redis"))?;
-    let durable = sessions::end(state, room, id, peak, actor).await?;
+    let id = Uuid::try_parse(&ended.id)
+        .map_err(|_| anyhow::anyhow!("malformed session id {:?} in Redis", ended.id))?;
+    let durable = sessions::end(state, room, id, ended.peak, actor).await?;
     events::publish(state, &durable).await;
-    let mut redis = state.redis.clone();
-    redis::cmd("ZREM")
-        .arg(state.redis_keys.active_sessions())
-        .arg(room)
-        .query_async::<()>(&mut redis)
-        .await?;
-    Ok(())
+    unindex_session(state, room, ended.started_at).await
 }
 
-/// Evicts every occupant (`presence.left`, reason `evicted`) and ends the
-/// session, including one Postgres still holds open with nobody in Redis.
-pub async fn evict_all(state: &AppState, room: &str, actor: &str) -> Result<(), Error> {
+/// Takes the room out of the reconciler's index of active sessions, if
+/// the entry there is the one of the session that started at `started_at`.
+async fn unindex_session(state: &AppState, room: &str, started_at: i64) -> Result<(), Error> {
     let mut redis = state.redis.clone();
-    let members: Vec<String> = redis::cmd("HKEYS")
-        .arg(state.redis_keys.room_members(room))
-        .query_async(&mut redis)
+    scripts::UNINDEX_SESSION
+        .key(state.redis_keys.active_sessions())
+        .arg(room)
+        .arg(started_at)
+        .invoke_async::<()>(&mut redis)
         .await?;
-    for id in members {
-        leave(state, room, &id, Remover::Allowed("evicted"), actor).await?;
-    }
-    let stale = sessions::end_open(state, room, actor).await?;
-    events::publish(state, &stale).await;
     Ok(())
 }
 

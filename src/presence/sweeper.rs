@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{connections, sessions};
+use super::{connections, sessions, teardown};
 use crate::cache::scripts;
 use crate::db;
 use crate::error::Error;
@@ -85,7 +85,7 @@ pub async fn sweep(state: &AppState) -> Result<usize, Error> {
 /// - an open session in Postgres that Redis no longer has (the last leave's
 ///   instance died, or Redis restarted empty) is ended;
 /// - a session Redis has but Postgres never recorded (its starter died) is
-///   recorded.
+///   recorded, and one Postgres has ended has its members evicted.
 ///
 /// Also prunes outbox rows past the event retention. A room that cannot be
 /// repaired is logged and skipped, so it never holds up the others (nor the
@@ -103,16 +103,17 @@ pub async fn reconcile(state: &AppState) -> Result<(), Error> {
         Err(err) => failed = Some(Error::from(err)),
     }
     let mut redis = state.redis.clone();
-    let rooms: Result<Vec<String>, _> = redis::cmd("ZRANGE")
+    let rooms: Result<Vec<(String, i64)>, _> = redis::cmd("ZRANGE")
         .arg(state.redis_keys.active_sessions())
         .arg(0)
         .arg(-1)
+        .arg("WITHSCORES")
         .query_async(&mut redis)
         .await;
     match rooms {
         Ok(rooms) => {
-            for room in rooms {
-                if let Err(err) = record_if_missing(state, &room).await {
+            for (room, indexed_at) in rooms {
+                if let Err(err) = repair_redis_session(state, &room, indexed_at).await {
                     tracing::warn!(error = %err, room_id = room, "could not reconcile the room's Redis session; skipping it");
                 }
             }
@@ -132,58 +133,58 @@ pub async fn reconcile(state: &AppState) -> Result<(), Error> {
 
 /// Ends `session_id` in Postgres unless Redis still names it the room's.
 async fn end_if_gone(state: &AppState, room: &str, session_id: Uuid) -> Result<(), Error> {
-    let mut redis = state.redis.clone();
-    let current: Option<String> = redis::cmd("HGET")
-        .arg(state.redis_keys.room_session(room))
-        .arg("id")
-        .query_async(&mut redis)
-        .await?;
-    if current.as_deref() != Some(session_id.to_string().as_str()) {
-        // Re-check under the room lock inside `end`: it is idempotent.
-        let events = sessions::end(state, room, session_id, 0, SYSTEM_ACTOR).await?;
+    if sessions::in_redis(state, room).await?.id != Some(session_id) {
+        // Decided again under the room's lock: whatever Redis names then stays.
+        let events = sessions::end_unnamed(state, room, SYSTEM_ACTOR).await?;
         events::publish(state, &events).await;
     }
     Ok(())
 }
 
-/// Records the session Redis holds for `room` if Postgres never did.
-async fn record_if_missing(state: &AppState, room: &str) -> Result<(), Error> {
-    let keys = &state.redis_keys;
-    let mut redis = state.redis.clone();
-    let (id, started_at, occupancy): (Option<String>, Option<i64>, i64) = redis::pipe()
-        .hget(keys.room_session(room), "id")
-        .hget(keys.room_session(room), "started_at")
-        .hlen(keys.room_members(room))
-        .query_async(&mut redis)
-        .await?;
-    let (Some(id), Some(started_at)) = (id, started_at) else {
-        redis::cmd("ZREM")
-            .arg(keys.active_sessions())
+/// Repairs the session Redis holds for `room` (indexed at `indexed_at`):
+/// - Postgres never recorded it (its starter died): it is recorded;
+/// - Postgres has ended it (a delete whose instance died before it evicted
+///   a racing join): the durable record stands, and its members are evicted;
+/// - Redis holds none: the room leaves the index.
+async fn repair_redis_session(state: &AppState, room: &str, indexed_at: i64) -> Result<(), Error> {
+    let current = sessions::in_redis(state, room).await?;
+    let Some(session_id) = current.id else {
+        let mut redis = state.redis.clone();
+        scripts::UNINDEX_SESSION
+            .key(state.redis_keys.active_sessions())
             .arg(room)
-            .query_async::<()>(&mut redis)
+            .arg(indexed_at)
+            .invoke_async::<()>(&mut redis)
             .await?;
         return Ok(());
     };
     // A start younger than this is most likely still on its way to
-    // Postgres; recording it here would race its own events.
-    if chrono::Utc::now().timestamp_millis() - started_at < START_GRACE.as_millis() as i64 {
+    // Postgres; recording it here would race its own events. Its age is
+    // on Redis' clock, the one that stamped it.
+    if current.age_ms < START_GRACE.as_millis() as i64 {
         return Ok(());
     }
-    let (Ok(session_id), Ok(room_id)) = (Uuid::try_parse(&id), crate::ids::RoomId::parse(room))
-    else {
+    let Ok(room_id) = crate::ids::RoomId::parse(room) else {
         return Ok(());
     };
-    if db::sessions::get(&state.db, session_id).await?.is_none() {
-        let events = sessions::start(
-            state,
-            &room_id,
-            session_id,
-            connections::millis(started_at),
-            occupancy,
-            SYSTEM_ACTOR,
-        )
-        .await?;
-        events::publish(state, &events).await;
+    match db::sessions::get(&state.db, session_id).await? {
+        None => {
+            let recorded = sessions::start(
+                state,
+                &room_id,
+                session_id,
+                connections::millis(current.started_at),
+                current.occupancy,
+                SYSTEM_ACTOR,
+            )
+            .await?;
+            events::publish(state, &recorded.events).await;
+        }
+        Some(row) if row.ended_at.is_some() => {
+            tracing::info!(room_id = room, %session_id, "evicting the members of a session Postgres has ended");
+            teardown::evict_all(state, room, SYSTEM_ACTOR).await?;
+        }
+        Some(_) => {}
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ mod cursor;
 mod document_cache;
 mod edge;
 mod errors;
+mod fencing;
 mod filters;
 mod helpers;
 #[path = "../common/history.rs"]

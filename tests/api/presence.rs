@@ -1106,25 +1106,26 @@ async fn a_join_script_arriving_after_its_connection_ended_adds_nobody(pool: PgP
         .await;
     assert_eq!(disconnected.status, StatusCode::NO_CONTENT);
 
-    let (status, occupancy, ..): (i64, i64, String, i64, i64) = metacast::cache::scripts::JOIN
-        .key(keys.room_members("arena"))
-        .key(keys.room_session("arena"))
-        .key(keys.room_events("arena"))
-        .key(keys.room_profiles("arena"))
-        .key(keys.room_departed("arena"))
-        .arg(&id)
-        .arg(uuid::Uuid::now_v7().to_string())
-        .arg(format!(r#"{{"connection_id":"{id}","owner":"alice""#))
-        .arg(r#""alice""#)
-        .arg("{}")
-        .arg(0)
-        .arg(100)
-        .arg(keys.events_channel())
-        .arg("arena")
-        .arg(1)
-        .invoke_async(&mut redis)
-        .await
-        .unwrap();
+    let (status, occupancy, ..): (i64, i64, String, i64, i64, i64, i64) =
+        metacast::cache::scripts::JOIN
+            .key(keys.room_members("arena"))
+            .key(keys.room_session("arena"))
+            .key(keys.room_events("arena"))
+            .key(keys.room_profiles("arena"))
+            .key(keys.room_departed("arena"))
+            .arg(&id)
+            .arg(uuid::Uuid::now_v7().to_string())
+            .arg(format!(r#"{{"connection_id":"{id}","owner":"alice""#))
+            .arg(r#""alice""#)
+            .arg("{}")
+            .arg(0)
+            .arg(100)
+            .arg(keys.events_channel())
+            .arg("arena")
+            .arg(1)
+            .invoke_async(&mut redis)
+            .await
+            .unwrap();
     assert_eq!((status, occupancy), (-1, 0), "refused: it departed");
     let members: i64 = redis::cmd("HLEN")
         .arg(keys.room_members("arena"))
