@@ -15,7 +15,8 @@ mod tickets;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,7 @@ use tower::util::MapRequestLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .merge(demo::router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(to_completion))
         .layer(middleware::from_fn(move |request, next| {
             with_timeout(timeout, request, next)
         }))
@@ -200,6 +203,40 @@ fn cors(origins: &[String]) -> CorsLayer {
         ])
         .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
         .max_age(Duration::from_secs(600))
+}
+
+/// Runs a request that may change something in a task of its own, which
+/// finishes whatever becomes of the client: hyper drops a handler at its
+/// next `.await` once the client goes away (and the timeout does when it
+/// fires), and a mutation of several Redis and Postgres steps cut between
+/// two of them would leave them half done for everyone (a connection
+/// without a lease, a member without a session). Reads need no task.
+///
+/// The body is read first, here, within the limit and the request timeout:
+/// a client that stalls it holds no task, and the task never waits on it.
+async fn to_completion(request: Request, next: Next) -> Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    // The copy of the parts carries the body limit the extractors apply.
+    let read = Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await;
+    let body = match read {
+        Ok(body) => body,
+        Err(rejection) => return Error::from(rejection).into_response(),
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(body));
+    let task = tokio::spawn(next.run(request).instrument(tracing::Span::current()));
+    match task.await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::error!(error = %err, "a request's task failed");
+            Error::Internal(anyhow::anyhow!("the request's task failed")).into_response()
+        }
+    }
 }
 
 /// Bounds the time to answer, including reading the body, with a problem body.

@@ -10,6 +10,7 @@
 mod auth;
 mod bodies;
 mod bounds;
+mod cancel;
 mod concurrency;
 mod connection_streams;
 mod connections;
