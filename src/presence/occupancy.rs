@@ -139,40 +139,28 @@ pub async fn join(
             .arg(room.as_str())
             .query_async::<()>(&mut redis)
             .await?;
-        match sessions::start(state, room, candidate, millis(joined_at), occupancy, actor).await {
+    }
+    // The starter records its session; a joiner of a session its starter
+    // has not yet marked durable records it too (a no-op if it is there,
+    // fenced like the starter's), so a 201 naming it never comes before a
+    // GET can find it.
+    let to_record = match Uuid::try_parse(&session_id) {
+        Ok(id) if started == 1 => Some((id, joined_at)),
+        Ok(id) if durable == 0 => Some((id, session_started_at)),
+        _ => None,
+    };
+    if let Some((id, started_at)) = to_record {
+        match sessions::start(state, room, id, millis(started_at), occupancy, actor).await {
             Ok(recorded) => {
                 events::publish(state, &recorded.events).await;
-                if recorded.current {
+                if started == 1 && recorded.current {
                     joined_event.data["metadata"] = conn.metadata.clone();
                     joined_event.data["occupancy"] = occupancy.into();
-                    record_starter_joined(state, room.as_str(), &conn.id, candidate, &joined_event)
-                        .await;
+                    record_starter_joined(state, room.as_str(), &conn.id, id, &joined_event).await;
                 }
             }
             Err(err) => {
-                // Undo quietly: nobody was told about this join.
-                undo_join(state, room.as_str(), &conn.id, stamp).await;
-                return Err(err);
-            }
-        }
-    } else if durable == 0
-        && let Ok(id) = Uuid::try_parse(&session_id)
-    {
-        // Its starter may not have recorded the session yet: a 201 naming
-        // it must not come before a GET can find it. Recording it again is
-        // a no-op, and fenced like the starter's.
-        let recorded = sessions::start(
-            state,
-            room,
-            id,
-            millis(session_started_at),
-            occupancy,
-            actor,
-        )
-        .await;
-        match recorded {
-            Ok(recorded) => events::publish(state, &recorded.events).await,
-            Err(err) => {
+                // Undo quietly what this join added: nobody was told of it.
                 if status == 1 {
                     undo_join(state, room.as_str(), &conn.id, stamp).await;
                 }
@@ -454,7 +442,11 @@ async fn end_session(
 
 /// Takes the room out of the reconciler's index of active sessions, if
 /// the entry there is the one of the session that started at `started_at`.
-async fn unindex_session(state: &AppState, room: &str, started_at: i64) -> Result<(), Error> {
+pub(super) async fn unindex_session(
+    state: &AppState,
+    room: &str,
+    started_at: i64,
+) -> Result<(), Error> {
     let mut redis = state.redis.clone();
     scripts::UNINDEX_SESSION
         .key(state.redis_keys.active_sessions())

@@ -156,10 +156,7 @@ pub async fn end_unnamed(state: &AppState, room: &str, actor: &str) -> Result<Ve
     let mut tx = crate::db::begin(&state.db).await?;
     rooms::lock(&mut tx, room).await?;
     let named = in_redis(state, room).await?.id;
-    let ended = match named {
-        Some(keep) => sessions::end_others(&mut tx, room, Some(keep)).await?,
-        None => sessions::end_others(&mut tx, room, None).await?,
-    };
+    let ended = sessions::end_others(&mut tx, room, named).await?;
     let events = record_ended(&mut tx, &ended, actor).await?;
     tx.commit().await?;
     Ok(events)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{connections, sessions, teardown};
+use super::{connections, occupancy, sessions, teardown};
 use crate::cache::scripts;
 use crate::db;
 use crate::error::Error;
@@ -149,14 +149,7 @@ async fn end_if_gone(state: &AppState, room: &str, session_id: Uuid) -> Result<(
 async fn repair_redis_session(state: &AppState, room: &str, indexed_at: i64) -> Result<(), Error> {
     let current = sessions::in_redis(state, room).await?;
     let Some(session_id) = current.id else {
-        let mut redis = state.redis.clone();
-        scripts::UNINDEX_SESSION
-            .key(state.redis_keys.active_sessions())
-            .arg(room)
-            .arg(indexed_at)
-            .invoke_async::<()>(&mut redis)
-            .await?;
-        return Ok(());
+        return occupancy::unindex_session(state, room, indexed_at).await;
     };
     // A start younger than this is most likely still on its way to
     // Postgres; recording it here would race its own events. Its age is
