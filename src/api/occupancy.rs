@@ -19,7 +19,7 @@ use crate::auth::{AuthUser, Join, Moderate, Read, RoomAccess, RoomPath};
 use crate::error::{Error, ProblemDetails};
 use crate::extract::Query;
 use crate::presence::occupancy::{Leave, Remover};
-use crate::presence::{connections, occupancy, occupants, teardown};
+use crate::presence::{connections, join, occupancy, occupants, teardown};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -78,7 +78,7 @@ async fn join_room(
 ) -> Result<Response, Error> {
     let user = &access.user;
     let owner = (!user.permissions.admin).then_some(user.subject.as_str());
-    let (conn, joined) = occupancy::join(
+    let (conn, joined) = join::join(
         &state,
         &access.room,
         &id,

@@ -195,8 +195,9 @@ return 1
 /// departed, room occupants. ARGV: connection id, candidate session id, presence.joined
 /// payload without metadata and closing brace, owner (JSON), metadata
 /// (JSON), metadata version, history length, events channel, room id,
-/// attach stamp.
-/// → {joined (1), already a member (0) or departed (-1), occupancy, session
+/// attach stamp, whether the room is in the reconciler's index ('1' or '0').
+/// → {joined (1), already a member (0), departed (-1) or not indexed (-2),
+/// occupancy, session
 /// id, started (1/0), joined_at, the session's started_at, durable (1: the
 /// session is known to be in Postgres)}.
 ///
@@ -207,6 +208,10 @@ return 1
 /// First in starts the session. A join that does not start one records its
 /// `presence.joined` here, atomically; the starter's is recorded after the
 /// session is durable, so `session.started` comes first.
+///
+/// A join that would start a session refuses (-2, changing nothing) unless
+/// the caller says the room is indexed: a session must never exist where
+/// the reconciler cannot find it, also when its starter dies right after.
 ///
 /// A departed connection ended after its ATTACH, and its leave of this
 /// room ran before this join: adding it now would leave a ghost.
@@ -226,6 +231,9 @@ if joined_at then
   end
   local sid, started, durable = session()
   return {0, redis.call('HLEN', KEYS[1]), sid, 0, tonumber(joined_at), started, durable}
+end
+if ARGV[11] ~= '1' and redis.call('HEXISTS', KEYS[2], 'id') == 0 then
+  return {-2, 0, '', 0, 0, 0, 0}
 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], ARGV[1], now)

@@ -3,6 +3,7 @@
 //! script per room or per connection); Postgres records the durable ones.
 
 pub mod connections;
+pub mod join;
 pub mod occupancy;
 pub mod occupants;
 pub mod sessions;

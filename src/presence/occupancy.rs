@@ -1,231 +1,30 @@
-//! Occupancy: which connections are in which room. The first join into an
-//! empty room starts a session and the last leave ends it, decided by one Lua
-//! script per transition on the room's keys.
+//! Occupancy: which connections are in which room, and leaving one. A join
+//! (see `join`) and a leave each cost two Redis round trips when no session
+//! starts or ends; the last leave ends the session, decided by one Lua
+//! script on the room's keys.
 //!
-//! Each costs two Redis round trips when no session starts or ends: a join
-//! is ATTACH on the connection's keys (which also loads the connection for
-//! the permission check) then JOIN on the room's; a leave is LEAVE on the
-//! room's keys (which judges the caller by the occupant's profile there)
-//! then DETACH on the connection's. DETACH comes last: the connection's own
-//! stream stops following the room at its marker, so by then the room's
-//! stream must hold the `presence.left` and any `session.ended` the leave
-//! caused.
+//! A leave is LEAVE on the room's keys (which judges the caller by the
+//! occupant's profile there) then DETACH on the connection's. DETACH comes
+//! last: the connection's own stream stops following the room at its
+//! marker, so by then the room's stream must hold the `presence.left` and
+//! any `session.ended` the leave caused.
 
 use std::cmp::max;
-use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::connections::{Connection, millis, not_found};
 use super::sessions;
 use crate::cache::{Keys, scripts};
 use crate::error::Error;
 use crate::events::{self, Event};
-use crate::ids::RoomId;
 use crate::state::AppState;
 
 /// A room remembers a departed connection at least this long: any join of
 /// it still in flight (its request runs within the request timeout) has
 /// reached Redis long before.
 const DEPARTED_RETENTION: Duration = Duration::from_secs(600);
-
-/// The result of a join.
-#[derive(Debug, Clone)]
-pub struct Joined {
-    /// False when the connection was already in the room.
-    pub newly: bool,
-    pub occupancy: i64,
-    pub session_id: String,
-    pub joined_at: DateTime<Utc>,
-}
-
-/// Joins connection `id` to `room` for a caller that must own it (`owner`;
-/// `None` for an admin, who owns every connection). `authorize` decides from
-/// the connection as loaded (`None`: it does not exist) whether the caller
-/// may join it, as for any request on a connection; the connection was only
-/// attached if `owner` owns it. Returns once a session it started is durable.
-pub async fn join(
-    state: &AppState,
-    room: &RoomId,
-    id: &str,
-    owner: Option<&str>,
-    authorize: impl FnOnce(Option<Connection>) -> Result<Connection, Error>,
-    actor: &str,
-) -> Result<(Connection, Joined), Error> {
-    let keys = &state.redis_keys;
-    let presence = &state.settings.presence;
-    let mut redis = state.redis.clone();
-    let (attached, fields, rooms, stamp): (
-        i64,
-        HashMap<String, String>,
-        HashMap<String, i64>,
-        i64,
-    ) = scripts::ATTACH
-        .key(keys.connection(id))
-        .key(keys.connection_rooms(id))
-        .key(keys.connection_events(id))
-        .arg(room.as_str())
-        .arg(presence.max_rooms_per_connection)
-        .arg(keys.events_channel())
-        .arg(Keys::connection_topic(id))
-        .arg(if owner.is_some() { "1" } else { "0" })
-        .arg(owner.unwrap_or_default())
-        .invoke_async(&mut redis)
-        .await?;
-    let conn = authorize(Connection::from_redis(id, fields, rooms))?;
-    match attached {
-        0 | 1 => {}
-        -1 => return Err(not_found(id)),
-        -2 => {
-            return Err(Error::client(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-rooms",
-                format!(
-                    "a connection may be in at most {} rooms",
-                    presence.max_rooms_per_connection
-                ),
-            ));
-        }
-        // -3, not the caller's: what `authorize` has just refused.
-        other => return Err(anyhow::anyhow!("unexpected ATTACH answer {other}").into()),
-    }
-    let mut joined_event = Event::new(
-        "presence.joined",
-        room.as_str(),
-        actor,
-        json!({"connection_id": conn.id, "owner": conn.owner}),
-    );
-    let candidate = Uuid::now_v7();
-    let (status, occupancy, session_id, started, joined_at, session_started_at, durable): (
-        i64,
-        i64,
-        String,
-        i64,
-        i64,
-        i64,
-        i64,
-    ) = scripts::JOIN
-        .key(keys.room_members(room.as_str()))
-        .key(keys.room_session(room.as_str()))
-        .key(keys.room_events(room.as_str()))
-        .key(keys.room_profiles(room.as_str()))
-        .key(keys.room_departed(room.as_str()))
-        .key(keys.room_occupants(room.as_str()))
-        .arg(&conn.id)
-        .arg(candidate.to_string())
-        .arg(joined_event.open_payload())
-        .arg(serde_json::to_string(&conn.owner).map_err(anyhow::Error::from)?)
-        .arg(conn.metadata.to_string())
-        .arg(conn.version)
-        .arg(presence.event_history)
-        .arg(keys.events_channel())
-        .arg(room.as_str())
-        .arg(stamp)
-        .invoke_async(&mut redis)
-        .await?;
-    if status == -1 {
-        // It ended after ATTACH, and its leave of this room came first.
-        return Err(not_found(&conn.id));
-    }
-
-    if started == 1 {
-        redis::cmd("ZADD")
-            .arg(keys.active_sessions())
-            .arg(joined_at)
-            .arg(room.as_str())
-            .query_async::<()>(&mut redis)
-            .await?;
-    }
-    // The starter records its session; a joiner of a session its starter
-    // has not yet marked durable records it too (a no-op if it is there,
-    // fenced like the starter's), so a 201 naming it never comes before a
-    // GET can find it.
-    let to_record = match Uuid::try_parse(&session_id) {
-        Ok(id) if started == 1 => Some((id, joined_at)),
-        Ok(id) if durable == 0 => Some((id, session_started_at)),
-        _ => None,
-    };
-    if let Some((id, started_at)) = to_record {
-        match sessions::start(state, room, id, millis(started_at), occupancy, actor).await {
-            Ok(recorded) => {
-                events::publish(state, &recorded.events).await;
-                if started == 1 && recorded.current {
-                    joined_event.data["metadata"] = conn.metadata.clone();
-                    joined_event.data["occupancy"] = occupancy.into();
-                    record_starter_joined(state, room.as_str(), &conn.id, id, &joined_event).await;
-                }
-            }
-            Err(err) => {
-                // Undo quietly what this join added: nobody was told of it.
-                if status == 1 {
-                    undo_join(state, room.as_str(), &conn.id, stamp).await;
-                }
-                return Err(err);
-            }
-        }
-    }
-    let joined = Joined {
-        newly: status == 1,
-        occupancy,
-        session_id,
-        joined_at: millis(joined_at),
-    };
-    Ok((conn, joined))
-}
-
-/// Records the starter's `presence.joined` unless its membership is gone
-/// already (the leave that ended it recorded `presence.left` first).
-async fn record_starter_joined(
-    state: &AppState,
-    room: &str,
-    connection_id: &str,
-    nonce: Uuid,
-    event: &Event,
-) {
-    let keys = &state.redis_keys;
-    let mut redis = state.redis.clone();
-    let recorded: redis::RedisResult<i64> = scripts::STARTER_JOINED
-        .key(keys.room_events(room))
-        .key(keys.room_profiles(room))
-        .arg(connection_id)
-        .arg(nonce.to_string())
-        .arg(event.data.to_string())
-        .arg(state.settings.presence.event_history)
-        .arg(keys.events_channel())
-        .arg(room)
-        .invoke_async(&mut redis)
-        .await;
-    if let Err(err) = recorded {
-        // Like any presence event lost to an outage: streams resync.
-        tracing::warn!(error = %err, room, connection_id, "presence.joined not recorded");
-    }
-}
-
-async fn undo_join(state: &AppState, room: &str, connection_id: &str, stamp: i64) {
-    let undone = async {
-        let outcome = leave_script(
-            state,
-            room,
-            connection_id,
-            "",
-            Remover::Allowed("left"),
-            None,
-        )
-        .await?;
-        detach(state, room, connection_id, Some(stamp)).await?;
-        if let Some(ended) = &outcome.ended {
-            unindex_session(state, room, ended.started_at).await?;
-        }
-        Ok::<_, Error>(())
-    };
-    if let Err(err) = undone.await {
-        tracing::warn!(error = %err, room, connection_id, "could not undo a failed join; the sweeper will");
-    }
-}
 
 /// Who removes a connection from a room, which decides the `reason` of its
 /// `presence.left`.
@@ -377,6 +176,29 @@ async fn detach(
         .invoke_async::<()>(&mut redis)
         .await?;
     Ok(())
+}
+
+/// Quietly takes out what a failed join added: nobody was told of it.
+pub(super) async fn undo_join(state: &AppState, room: &str, connection_id: &str, stamp: i64) {
+    let undone = async {
+        let outcome = leave_script(
+            state,
+            room,
+            connection_id,
+            "",
+            Remover::Allowed("left"),
+            None,
+        )
+        .await?;
+        detach(state, room, connection_id, Some(stamp)).await?;
+        if let Some(ended) = &outcome.ended {
+            unindex_session(state, room, ended.started_at).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    if let Err(err) = undone.await {
+        tracing::warn!(error = %err, room, connection_id, "could not undo a failed join; the sweeper will");
+    }
 }
 
 /// Removes connection `id` from `room`, recording `presence.left` with its

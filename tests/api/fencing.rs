@@ -221,3 +221,47 @@ async fn the_reconciler_evicts_members_of_a_session_postgres_has_ended(pool: PgP
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["reason"], "evicted");
 }
+
+#[sqlx::test]
+async fn a_join_whose_index_write_fails_leaves_no_session_the_reconciler_cannot_find(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let admin = app.admin();
+    let a = app.connect(&admin).await;
+    // The reconciler's index refuses every write, as a crash would stop
+    // the join right after a Redis step.
+    let mut redis = app.state.redis.clone();
+    let index = app.state.redis_keys.active_sessions();
+    redis::cmd("SET")
+        .arg(&index)
+        .arg("not a sorted set")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let joined = app.join(&admin, "lobby", &a).await;
+    assert!(joined.status.is_server_error(), "{joined:?}");
+    redis::cmd("DEL")
+        .arg(&index)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    // Older than the reconciler's start grace, if a session started.
+    if redis_session(&app, "lobby").await.is_some() {
+        redis::cmd("HSET")
+            .arg(app.state.redis_keys.room_session("lobby"))
+            .arg("started_at")
+            .arg(chrono::Utc::now().timestamp_millis() - 60_000)
+            .query_async::<()>(&mut redis)
+            .await
+            .unwrap();
+    }
+
+    metacast::presence::sweeper::reconcile(&app.state)
+        .await
+        .unwrap();
+
+    assert_consistent(&app, "lobby").await;
+    app.delete(&format!("/v1/connections/{a}"))
+        .bearer(&admin)
+        .send()
+        .await;
+}
