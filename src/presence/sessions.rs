@@ -162,6 +162,18 @@ pub async fn end_unnamed(state: &AppState, room: &str, actor: &str) -> Result<Ve
     Ok(events)
 }
 
+/// Ends every session of `room` Postgres holds open, in `tx` (a delete's,
+/// which holds the room's lock): the room goes, so does any session a join
+/// raced into it. Returns their `session.ended`, recorded in the outbox.
+pub async fn end_all(
+    tx: &mut sqlx::PgConnection,
+    room: &str,
+    actor: &str,
+) -> Result<Vec<Event>, Error> {
+    let ended = sessions::end_others(tx, room, None).await?;
+    record_ended(tx, &ended, actor).await
+}
+
 /// Records `session.ended` for each just-ended row in the outbox.
 async fn record_ended(
     conn: &mut sqlx::PgConnection,
@@ -176,7 +188,7 @@ async fn record_ended(
 }
 
 /// `session.ended` for a row that was just ended.
-pub fn ended_event(row: &SessionRow, actor: &str) -> Event {
+fn ended_event(row: &SessionRow, actor: &str) -> Event {
     Event::new(
         "session.ended",
         &row.room,

@@ -59,16 +59,11 @@ pub async fn delete(
         .filter(RoomRow::is_live)
         .ok_or_else(|| Error::not_found("room-not-found", format!("room {room} does not exist")))?;
     check(row.version)?;
-    let mut durable: Vec<Event> = db::sessions::end_others(&mut tx, id, None)
-        .await?
-        .iter()
-        .map(|session| sessions::ended_event(session, actor))
-        .collect();
+    let mut durable = sessions::end_all(&mut tx, id, actor).await?;
     db::rooms::tombstone(&mut tx, id).await?;
-    durable.push(Event::new("room.deleted", id, actor, json!({})));
-    for event in &mut durable {
-        outbox::record(&mut tx, event).await?;
-    }
+    let mut deleted = Event::new("room.deleted", id, actor, json!({}));
+    outbox::record(&mut tx, &mut deleted).await?;
+    durable.push(deleted);
     tx.commit().await?;
     events::publish(state, &durable).await;
 
