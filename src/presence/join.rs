@@ -12,7 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::connections::{Connection, millis, not_found};
-use super::occupancy::{undo_join, unindex_session};
+use super::occupancy::{index_session, undo_join, unindex_session};
 use super::sessions;
 use crate::cache::{Keys, scripts};
 use crate::error::Error;
@@ -95,19 +95,13 @@ pub async fn join(
         stamp,
         indexed,
     };
-    let mut preindexed = 0;
+    let mut preindexed = false;
     let mut outcome = run(false).invoke(state).await?;
     if outcome.status == -2 {
         // A start: the room enters the reconciler's index first, so a crash
-        // before Postgres records the session leaves a room it visits. NX
-        // keeps the entry of a session that started in between.
-        preindexed = redis::cmd("ZADD")
-            .arg(keys.active_sessions())
-            .arg("NX")
-            .arg(stamp)
-            .arg(room.as_str())
-            .query_async(&mut redis)
-            .await?;
+        // before Postgres records the session leaves a room it visits. An
+        // entry already there (a session that started in between) stays.
+        preindexed = index_session(state, room.as_str(), stamp, true).await?;
         outcome = run(true).invoke(state).await?;
     }
     let JoinOutcome {
@@ -121,7 +115,7 @@ pub async fn join(
     } = outcome;
     if status == -1 {
         // It ended after ATTACH, and its leave of this room came first.
-        if preindexed == 1 {
+        if preindexed {
             unindex_session(state, room.as_str(), stamp).await?;
         }
         return Err(not_found(&conn.id));
@@ -131,13 +125,8 @@ pub async fn join(
     // by the starter, or by a join whose entry a racing starter's session
     // took over. If this fails, the entry from before stays for the
     // reconciler.
-    if started == 1 || preindexed == 1 {
-        let indexed: redis::RedisResult<()> = redis::cmd("ZADD")
-            .arg(keys.active_sessions())
-            .arg(session_started_at)
-            .arg(room.as_str())
-            .query_async(&mut redis)
-            .await;
+    if started == 1 || preindexed {
+        let indexed = index_session(state, room.as_str(), session_started_at, false).await;
         if let Err(err) = indexed {
             tracing::warn!(error = %err, room_id = room.as_str(), "session not indexed by its start; the reconciler will see it");
         }

@@ -262,6 +262,25 @@ async fn end_session(
     unindex_session(state, room, ended.started_at).await
 }
 
+/// Puts the room in the reconciler's index of active sessions at `score`
+/// (the session's start); with `only_if_absent`, an entry already there
+/// stays. Whether it added the room.
+pub(super) async fn index_session(
+    state: &AppState,
+    room: &str,
+    score: i64,
+    only_if_absent: bool,
+) -> Result<bool, Error> {
+    let mut redis = state.redis.clone();
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(state.redis_keys.active_sessions());
+    if only_if_absent {
+        zadd.arg("NX");
+    }
+    let added: i64 = zadd.arg(score).arg(room).query_async(&mut redis).await?;
+    Ok(added == 1)
+}
+
 /// Takes the room out of the reconciler's index of active sessions, if
 /// the entry there is the one of the session that started at `started_at`.
 pub(super) async fn unindex_session(

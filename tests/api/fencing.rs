@@ -38,6 +38,18 @@ async fn open_sessions(app: &TestApp, room: &str) -> Vec<Uuid> {
         .unwrap()
 }
 
+/// Makes the room's Redis session older than the reconciler's start grace.
+async fn age_past_start_grace(app: &TestApp, room: &str) {
+    let mut redis = app.state.redis.clone();
+    redis::cmd("HSET")
+        .arg(app.state.redis_keys.room_session(room))
+        .arg("started_at")
+        .arg(chrono::Utc::now().timestamp_millis() - 60_000)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+}
+
 /// SPEC §4: a room has members exactly when it has one open session, and
 /// it is the one Redis names.
 async fn assert_consistent(app: &TestApp, room: &str) {
@@ -194,15 +206,7 @@ async fn the_reconciler_evicts_members_of_a_session_postgres_has_ended(pool: PgP
         .execute(&app.state.db)
         .await
         .unwrap();
-    // Older than the reconciler's start grace.
-    let mut redis = app.state.redis.clone();
-    redis::cmd("HSET")
-        .arg(app.state.redis_keys.room_session("lobby"))
-        .arg("started_at")
-        .arg(chrono::Utc::now().timestamp_millis() - 60_000)
-        .query_async::<()>(&mut redis)
-        .await
-        .unwrap();
+    age_past_start_grace(&app, "lobby").await;
 
     metacast::presence::sweeper::reconcile(&app.state)
         .await
@@ -244,15 +248,8 @@ async fn a_join_whose_index_write_fails_leaves_no_session_the_reconciler_cannot_
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
-    // Older than the reconciler's start grace, if a session started.
     if redis_session(&app, "lobby").await.is_some() {
-        redis::cmd("HSET")
-            .arg(app.state.redis_keys.room_session("lobby"))
-            .arg("started_at")
-            .arg(chrono::Utc::now().timestamp_millis() - 60_000)
-            .query_async::<()>(&mut redis)
-            .await
-            .unwrap();
+        age_past_start_grace(&app, "lobby").await;
     }
 
     metacast::presence::sweeper::reconcile(&app.state)
