@@ -98,6 +98,20 @@ impl Keys {
         format!("{}{{room:{room}}}:session", self.prefix)
     }
 
+    /// List: the `presence.joined` events of joins into a session whose
+    /// `session.started` is not in the room's stream yet, in join order;
+    /// appended right after it (see `APPEND_DURABLE`). Deleted with the
+    /// session.
+    pub fn room_pending_joins(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:pending", self.prefix)
+    }
+
+    /// String, expiring: the room is being deleted; joins are refused
+    /// until the delete has evicted everyone and recorded the end.
+    pub fn room_closing(&self, room: &str) -> String {
+        format!("{}{{room:{room}}}:closing", self.prefix)
+    }
+
     /// Stream: the room's recent events.
     pub fn room_events(&self, room: &str) -> String {
         format!("{}{{room:{room}}}:events", self.prefix)

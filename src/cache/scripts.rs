@@ -189,14 +189,17 @@ return 1
 // said about it: a leave describes and authorizes the occupant from it,
 // without first reading the connection's keys in another slot. `s:<id>` is
 // the stamp of the latest attach that joined it, which its leave detaches;
-// `j:<id>` the nonce of the join that made the membership.
+// `j:<id>` the nonce of the join that made the membership; `p:<id>` its
+// `presence.joined` while that waits for the session's `session.started`.
 
 /// KEYS: room members, room session, room events, room profiles, room
-/// departed, room occupants. ARGV: connection id, candidate session id, presence.joined
+/// departed, room occupants, room pending joins, room closing. ARGV:
+/// connection id, candidate session id, presence.joined
 /// payload without metadata and closing brace, owner (JSON), metadata
 /// (JSON), metadata version, history length, events channel, room id,
 /// attach stamp, whether the room is in the reconciler's index ('1' or '0').
-/// → {joined (1), already a member (0), departed (-1) or not indexed (-2),
+/// → {joined (1), already a member (0), departed (-1), not indexed (-2) or
+/// the room is being deleted (-3),
 /// occupancy, session
 /// id, started (1/0), joined_at, the session's started_at, durable (1: the
 /// session is known to be in Postgres)}.
@@ -205,9 +208,11 @@ return 1
 /// makes (`j:<id>` in the profile), by which the starter's late
 /// `presence.joined` knows its membership is still the one it made.
 ///
-/// First in starts the session. A join that does not start one records its
-/// `presence.joined` here, atomically; the starter's is recorded after the
-/// session is durable, so `session.started` comes first.
+/// First in starts the session. A join's `presence.joined` goes into the
+/// room's stream here, atomically, once the session's `session.started` is
+/// there (`announced`); until then, the starter's included, it waits in the
+/// pending list, which the append of `session.started` empties right
+/// after it: no stream shows an occupant before its session.
 ///
 /// A join that would start a session refuses (-2, changing nothing) unless
 /// the caller says the room is indexed: a session must never exist where
@@ -232,6 +237,7 @@ if joined_at then
   local sid, started, durable = session()
   return {0, redis.call('HLEN', KEYS[1]), sid, 0, tonumber(joined_at), started, durable}
 end
+if redis.call('EXISTS', KEYS[8]) == 1 then return {-3, 0, '', 0, 0, 0, 0} end
 if ARGV[11] ~= '1' and redis.call('HEXISTS', KEYS[2], 'id') == 0 then
   return {-2, 0, '', 0, 0, 0, 0}
 end
@@ -242,23 +248,34 @@ redis.call('HSET', KEYS[4], 'o:' .. ARGV[1], ARGV[4], 'm:' .. ARGV[1], ARGV[5], 
   's:' .. ARGV[1], ARGV[10], 'j:' .. ARGV[1], ARGV[2])
 local n = redis.call('HLEN', KEYS[1])
 local sid, started, durable = session()
+local function joined(occupancy)
+  return ARGV[3] .. ',"metadata":' .. ARGV[5] .. ',"occupancy":' .. occupancy .. '}'
+end
+local function pend(occupancy)
+  redis.call('RPUSH', KEYS[7], ARGV[1])
+  redis.call('HSET', KEYS[4], 'p:' .. ARGV[1], joined(occupancy))
+end
 if sid == '' then
   redis.call('HSET', KEYS[2], 'id', ARGV[2], 'started_at', now, 'peak', n)
+  pend(n)
   return {1, n, ARGV[2], 1, now, now, 0}
 end
 if n > tonumber(redis.call('HGET', KEYS[2], 'peak') or '0') then
   redis.call('HSET', KEYS[2], 'peak', n)
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'presence.joined',
-  'data', ARGV[3] .. ',"metadata":' .. ARGV[5] .. ',"occupancy":' .. n .. '}')
-redis.call('PUBLISH', ARGV[8], ARGV[9])
+if redis.call('HGET', KEYS[2], 'announced') == '1' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'presence.joined', 'data', joined(n))
+  redis.call('PUBLISH', ARGV[8], ARGV[9])
+else
+  pend(n)
+end
 return {1, n, sid, 0, now, started, durable}
 "#,
     )
 });
 
 /// KEYS: room members, room session, room events, room profiles, room
-/// departed, room occupants. ARGV:
+/// departed, room occupants, room pending joins. ARGV:
 /// 1. connection id;
 /// 2. presence.left payload without owner, metadata, reason and closing
 ///    brace (empty: record nothing);
@@ -302,11 +319,14 @@ if ARGV[3] ~= '' and ARGV[3] ~= owner then
   reason = ARGV[5]
   if reason == '' then return {-1} end
 end
+-- Its `presence.joined` still waits for the session's start: no stream
+-- has shown it, so none is told it left.
+local unannounced = redis.call('HEXISTS', KEYS[4], 'p:' .. id) == 1
 redis.call('HDEL', KEYS[1], id)
 redis.call('ZREM', KEYS[6], id)
-redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id, 's:' .. id, 'j:' .. id)
+redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id, 's:' .. id, 'j:' .. id, 'p:' .. id)
 local n = redis.call('HLEN', KEYS[1])
-if ARGV[2] ~= '' then
+if ARGV[2] ~= '' and not unannounced then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'type', 'presence.left',
     'data', ARGV[2] .. ',"owner":' .. owner .. ',"metadata":' .. metadata
       .. ',"reason":"' .. reason .. '","occupancy":' .. n .. '}')
@@ -314,7 +334,7 @@ if ARGV[2] ~= '' then
 end
 if n == 0 then
   local s = redis.call('HMGET', KEYS[2], 'id', 'peak', 'started_at')
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[7])
   if s[1] then return {1, 0, stamp, s[1], tonumber(s[2] or '0'), tonumber(s[3] or '0')} end
 end
 return {1, n, stamp}
@@ -347,25 +367,6 @@ return 1
     )
 });
 
-/// KEYS: room events, room profiles. ARGV: connection id, the join's
-/// nonce, presence.joined payload (complete), history length, events
-/// channel, room id. → 1 recorded, 0 not: the membership this join made
-/// is gone (a leave or an eviction came first and recorded its
-/// `presence.left`), so a late `presence.joined` would be a ghost.
-///
-/// The `presence.joined` of a join that started the session, recorded
-/// after the session is durable (`session.started` comes first).
-pub static STARTER_JOINED: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('HGET', KEYS[2], 'j:' .. ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'type', 'presence.joined', 'data', ARGV[3])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return 1
-"#,
-    )
-});
-
 /// KEYS: the active-sessions index. ARGV: room, the ended session's
 /// started_at. Takes the room out of the index only if its entry is the
 /// ended session's: a join may have started and indexed a newer one since.
@@ -380,7 +381,9 @@ return 1
 });
 
 /// KEYS: room occupants, room members, room profiles. ARGV: the id to page
-/// after (empty: from the start), how many.
+/// after (empty: from the start), how many, and '1' to leave out occupants
+/// whose `presence.joined` waits for the session's start (a snapshot
+/// shows only what its stream will also say).
 /// → how many ids it looked at, the last of them ('' if none), then a flat
 /// list of id, joined_at
 /// (ms), owner (JSON), metadata (JSON) for the occupants among them, in id
@@ -394,8 +397,8 @@ local ids = redis.call('ZRANGE', KEYS[1], min, '+', 'BYLEX', 'LIMIT', 0, tonumbe
 local out = {tostring(#ids), ids[#ids] or ''}
 for _, id in ipairs(ids) do
   local joined_at = redis.call('HGET', KEYS[2], id)
-  local profile = redis.call('HMGET', KEYS[3], 'o:' .. id, 'm:' .. id)
-  if joined_at and profile[1] then
+  local profile = redis.call('HMGET', KEYS[3], 'o:' .. id, 'm:' .. id, 'p:' .. id)
+  if joined_at and profile[1] and not (ARGV[3] == '1' and profile[3]) then
     out[#out + 1] = id
     out[#out + 1] = joined_at
     out[#out + 1] = profile[1]
@@ -410,16 +413,18 @@ return out
 /// KEYS: room events, room profiles. ARGV: history length,
 /// connection.metadata.updated payload without metadata and closing brace,
 /// metadata (JSON), its version, connection id, events channel, room id.
-/// Records the change in the room and, for an occupant, in its profile
-/// (unless a later version is already there).
+/// Records the change in the room and in its profile of the occupant
+/// (unless a later version is already there); nothing if the connection
+/// is no longer an occupant (it left after the write read its rooms).
 pub static OCCUPANT_METADATA: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+local held = redis.call('HGET', KEYS[2], 'v:' .. ARGV[5])
+if not held then return 0 end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'connection.metadata.updated',
   'data', ARGV[2] .. ',"metadata":' .. ARGV[3] .. '}')
 redis.call('PUBLISH', ARGV[6], ARGV[7])
-local held = redis.call('HGET', KEYS[2], 'v:' .. ARGV[5])
-if held and tonumber(held) < tonumber(ARGV[4]) then
+if tonumber(held) < tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[2], 'm:' .. ARGV[5], ARGV[3], 'v:' .. ARGV[5], ARGV[4])
 end
 return 1
@@ -476,8 +481,9 @@ return 1
     )
 });
 
-/// KEYS: room events, the room's published-sequence key. ARGV: history
-/// length, events channel, room id, force (1: accept a gap), then
+/// KEYS: room events, the room's published-sequence key, room session,
+/// room profiles, room pending joins. ARGV: history length, events
+/// channel, room id, force (1: accept a gap), history retention (ms), then
 /// (sequence, type, data) for each durable event in sequence order.
 /// → per event: 1 appended, 0 already there, -1 held back (an earlier one
 /// is missing; the relay appends them in order).
@@ -488,14 +494,22 @@ return 1
 /// it: after Redis restarted empty, earlier events may still wait in the
 /// outbox, and appending a later one first would make the relay drop them
 /// as "already there".
+///
+/// Appending the `session.started` of the room's current session marks it
+/// announced and appends, right after it, the `presence.joined` of every
+/// join that waited for it and is still a member (see `JOIN`).
+///
+/// After `room.deleted`, the room's history and sequence expire with the
+/// retention: nothing of a deleted room stays in Redis for good. A durable
+/// event of a room created again keeps them.
 pub static APPEND_DURABLE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local last = redis.call('GET', KEYS[2])
 last = last and tonumber(last)
 local out = {}
-local appended = false
-for i = 5, #ARGV, 3 do
+local appended, deleted = false, false
+for i = 6, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
   if last and seq <= last then
     table.insert(out, 0)
@@ -503,13 +517,32 @@ for i = 5, #ARGV, 3 do
     table.insert(out, -1)
   else
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i + 1], 'data', ARGV[i + 2])
+    if ARGV[i + 1] == 'session.started'
+      and redis.call('HGET', KEYS[3], 'id') == cjson.decode(ARGV[i + 2]).session_id then
+      redis.call('HSET', KEYS[3], 'announced', '1')
+      for _, id in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
+        local data = redis.call('HGET', KEYS[4], 'p:' .. id)
+        if data then
+          redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'presence.joined', 'data', data)
+          redis.call('HDEL', KEYS[4], 'p:' .. id)
+        end
+      end
+      redis.call('DEL', KEYS[5])
+    end
     last = seq
     appended = true
+    deleted = ARGV[i + 1] == 'room.deleted'
     table.insert(out, 1)
   end
 end
 if appended then
   redis.call('SET', KEYS[2], last)
+  if deleted then
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  else
+    redis.call('PERSIST', KEYS[1])
+  end
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
 return out

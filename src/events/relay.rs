@@ -44,10 +44,14 @@ pub async fn append_durable(
     let mut invocation = scripts::APPEND_DURABLE.key(keys.room_events(room));
     invocation
         .key(keys.room_published_seq(room))
+        .key(keys.room_session(room))
+        .key(keys.room_profiles(room))
+        .key(keys.room_pending_joins(room))
         .arg(state.settings.presence.event_history)
         .arg(keys.events_channel())
         .arg(room)
-        .arg(if force { "1" } else { "0" });
+        .arg(if force { "1" } else { "0" })
+        .arg(state.settings.presence.event_retention.as_millis() as u64);
     for row in rows {
         invocation.arg(row.seq).arg(row.kind).arg(&row.data);
     }

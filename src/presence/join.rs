@@ -80,7 +80,7 @@ pub async fn join(
         // -3, not the caller's: what `authorize` has just refused.
         other => return Err(anyhow::anyhow!("unexpected ATTACH answer {other}").into()),
     }
-    let mut joined_event = Event::new(
+    let joined_event = Event::new(
         "presence.joined",
         room.as_str(),
         actor,
@@ -120,6 +120,17 @@ pub async fn join(
         }
         return Err(not_found(&conn.id));
     }
+    if status == -3 {
+        // A delete is evicting everyone: this join comes after it.
+        undo_join(state, room.as_str(), &conn.id, stamp).await;
+        if preindexed {
+            unindex_session(state, room.as_str(), stamp).await?;
+        }
+        return Err(Error::not_found(
+            "room-not-found",
+            format!("room {room} is being deleted"),
+        ));
+    }
 
     // The entry the session's end takes out names the session's start: set
     // by the starter, or by a join whose entry a racing starter's session
@@ -142,14 +153,9 @@ pub async fn join(
     };
     if let Some((id, started_at)) = to_record {
         match sessions::start(state, room, id, millis(started_at), occupancy, actor).await {
-            Ok(recorded) => {
-                events::publish(state, &recorded.events).await;
-                if started == 1 && recorded.current {
-                    joined_event.data["metadata"] = conn.metadata.clone();
-                    joined_event.data["occupancy"] = occupancy.into();
-                    record_starter_joined(state, room.as_str(), &conn.id, id, &joined_event).await;
-                }
-            }
+            // Appending its `session.started` also appends the
+            // `presence.joined` of every join that waited for it.
+            Ok(recorded) => events::publish(state, &recorded.events).await,
             Err(err) => {
                 // Undo quietly what this join added: nobody was told of it.
                 if status == 1 {
@@ -204,6 +210,8 @@ impl JoinScript<'_> {
                 .key(keys.room_profiles(room))
                 .key(keys.room_departed(room))
                 .key(keys.room_occupants(room))
+                .key(keys.room_pending_joins(room))
+                .key(keys.room_closing(room))
                 .arg(&self.conn.id)
                 .arg(self.candidate.to_string())
                 .arg(&self.payload)
@@ -226,33 +234,5 @@ impl JoinScript<'_> {
             session_started_at,
             durable,
         })
-    }
-}
-
-/// Records the starter's `presence.joined` unless its membership is gone
-/// already (the leave that ended it recorded `presence.left` first).
-async fn record_starter_joined(
-    state: &AppState,
-    room: &str,
-    connection_id: &str,
-    nonce: Uuid,
-    event: &Event,
-) {
-    let keys = &state.redis_keys;
-    let mut redis = state.redis.clone();
-    let recorded: redis::RedisResult<i64> = scripts::STARTER_JOINED
-        .key(keys.room_events(room))
-        .key(keys.room_profiles(room))
-        .arg(connection_id)
-        .arg(nonce.to_string())
-        .arg(event.data.to_string())
-        .arg(state.settings.presence.event_history)
-        .arg(keys.events_channel())
-        .arg(room)
-        .invoke_async(&mut redis)
-        .await;
-    if let Err(err) = recorded {
-        // Like any presence event lost to an outage: streams resync.
-        tracing::warn!(error = %err, room, connection_id, "presence.joined not recorded");
     }
 }

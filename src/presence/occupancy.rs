@@ -104,6 +104,7 @@ async fn leave_script(
         .key(keys.room_profiles(room))
         .key(keys.room_departed(room))
         .key(keys.room_occupants(room))
+        .key(keys.room_pending_joins(room))
         .arg(connection_id)
         .arg(payload)
         .arg(subject)

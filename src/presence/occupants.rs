@@ -39,6 +39,18 @@ pub async fn page(
     after: Option<&str>,
     count: usize,
 ) -> Result<OccupantPage, Error> {
+    page_of(state, room, after, count, false).await
+}
+
+/// A page, leaving out the occupants whose `presence.joined` is not in the
+/// room's stream yet when `announced_only`.
+async fn page_of(
+    state: &AppState,
+    room: &str,
+    after: Option<&str>,
+    count: usize,
+    announced_only: bool,
+) -> Result<OccupantPage, Error> {
     let keys = &state.redis_keys;
     let mut redis = state.redis.clone();
     let reply: Vec<String> = scripts::OCCUPANTS_PAGE
@@ -47,6 +59,7 @@ pub async fn page(
         .key(keys.room_profiles(room))
         .arg(after.unwrap_or_default())
         .arg(count)
+        .arg(if announced_only { "1" } else { "0" })
         .invoke_async(&mut redis)
         .await?;
     let [scanned, last, flat @ ..] = &reply[..] else {
@@ -77,12 +90,13 @@ pub async fn page(
     })
 }
 
-/// Every occupant, in id order (for a room's snapshot).
+/// Every occupant the room's stream has announced, in id order (for a
+/// room's snapshot).
 pub async fn all(state: &AppState, room: &str) -> Result<Vec<Occupant>, Error> {
     let mut occupants = Vec::new();
     let mut after = None;
     loop {
-        let chunk = page(state, room, after.as_deref(), CHUNK).await?;
+        let chunk = page_of(state, room, after.as_deref(), CHUNK, true).await?;
         occupants.extend(chunk.occupants);
         match chunk.next {
             Some(next) => after = Some(next),

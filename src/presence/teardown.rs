@@ -1,8 +1,8 @@
 //! The transitions that end a room's presence all at once: `clear` (every
 //! occupant out, the metadata stays) and `DELETE` (everyone out, then the
 //! room goes). Each ends only the sessions it decided to end: a join that
-//! lands while it runs keeps the session it started after a clear, and is
-//! evicted again after a delete.
+//! lands while a clear runs keeps the session it started; a join while a
+//! delete runs is refused (404), as if it came after.
 
 use serde_json::json;
 
@@ -39,12 +39,40 @@ pub async fn clear(state: &AppState, room: &str, actor: &str) -> Result<(), Erro
     Ok(())
 }
 
-/// Deletes a room: everyone out, every open session ended (the one a racing
-/// join started too: the room goes), the room tombstoned and `room.deleted`
-/// recorded, in one transaction under the room's lock; then whoever joined
-/// meanwhile is evicted as well. `check` decides from the locked room's
-/// version whether the delete may go on (`If-Match`).
+/// Deletes a room: joins are fenced off (so every `presence.left` comes
+/// before the `session.ended` and `room.deleted`), everyone out, every open
+/// session ended, the room tombstoned and `room.deleted` recorded, in one
+/// transaction under the room's lock. `check` decides from the locked
+/// room's version whether the delete may go on (`If-Match`).
 pub async fn delete(
+    state: &AppState,
+    room: &RoomId,
+    actor: &str,
+    check: impl Fn(i64) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let closing = state.redis_keys.room_closing(room.as_str());
+    let mut redis = state.redis.clone();
+    // Expiring, so a delete that dies midway fences nothing for long.
+    let fence = 2 * state.settings.request_timeout.as_millis() as u64;
+    redis::cmd("SET")
+        .arg(&closing)
+        .arg(actor)
+        .arg("PX")
+        .arg(fence.max(1000))
+        .query_async::<()>(&mut redis)
+        .await?;
+    let deleted = delete_fenced(state, room, actor, check).await;
+    let lifted: redis::RedisResult<()> = redis::cmd("DEL")
+        .arg(&closing)
+        .query_async(&mut redis)
+        .await;
+    if let Err(err) = lifted {
+        tracing::warn!(error = %err, room_id = room.as_str(), "delete fence not lifted; it expires");
+    }
+    deleted
+}
+
+async fn delete_fenced(
     state: &AppState,
     room: &RoomId,
     actor: &str,
@@ -67,9 +95,9 @@ pub async fn delete(
     tx.commit().await?;
     events::publish(state, &durable).await;
 
-    // A join between the eviction and the lock is in a room that is gone,
-    // with a session that has ended: out it goes too. Should this instance
-    // die first, the reconciler evicts it (its session ended in Postgres).
+    // A join the fence missed (it expired) is in a room that is gone, with
+    // a session that has ended: out it goes too. Should this instance die
+    // first, the reconciler evicts it (its session ended in Postgres).
     if occupancy::occupancy(state, id).await? > 0 {
         evict_all(state, id, actor).await?;
     }

@@ -27,6 +27,7 @@ mod history;
 mod lifecycle;
 mod openapi;
 mod ops;
+mod ordering;
 mod outbox;
 mod permissions;
 mod presence;

@@ -91,7 +91,8 @@ impl Api {
         }
     }
 
-    /// Sends a request; `None` when the server could not be reached.
+    /// Sends a request; `None` when the server could not be reached. A body
+    /// is sent as `application/json` unless `headers` name a content type.
     pub async fn try_send(
         &self,
         method: Method,
@@ -108,7 +109,12 @@ impl Api {
         }
         let bytes = match body {
             Some(body) => {
-                request = request.header("content-type", "application/json");
+                if !headers
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+                {
+                    request = request.header("content-type", "application/json");
+                }
                 Bytes::from(body.to_string())
             }
             None => Bytes::new(),
@@ -208,6 +214,15 @@ impl Api {
         path: &str,
         last_event_id: Option<&str>,
     ) -> Result<Stream, Response> {
+        match self.try_stream(path, last_event_id).await {
+            Opened::Stream(stream) => Ok(stream),
+            Opened::Refused(response) => Err(response),
+            Opened::Unreachable(err) => panic!("{path}: no answer: {err}"),
+        }
+    }
+
+    /// Opens an event stream, or says why not (the server may be down).
+    pub async fn try_stream(&self, path: &str, last_event_id: Option<&str>) -> Opened {
         let mut request = hyper::Request::get(format!("{}{path}", self.base))
             .header("authorization", format!("Bearer {}", self.token))
             .header("accept", "text/event-stream");
@@ -218,25 +233,36 @@ impl Api {
             .body(Full::new(Bytes::new()))
             .expect("a valid request");
         let started = Instant::now();
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+        let response = match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
             .unwrap_or_else(|_| panic!("{path} did not answer within {REQUEST_TIMEOUT:?}"))
-            .unwrap_or_else(|err| panic!("{path}: no answer: {err}"));
+        {
+            Ok(response) => response,
+            Err(err) => return Opened::Unreachable(err.to_string()),
+        };
         let (parts, body) = response.into_parts();
         if parts.status != StatusCode::OK {
             let body = body.collect().await.map(|b| b.to_bytes().to_vec());
-            return Err(Response {
+            return Opened::Refused(Response {
                 status: parts.status,
                 headers: parts.headers,
                 body: body.unwrap_or_default(),
                 elapsed: started.elapsed(),
             });
         }
-        Ok(Stream {
+        Opened::Stream(Stream {
             body,
             blocks: Blocks::default(),
         })
     }
+}
+
+/// What opening a stream gave.
+pub enum Opened {
+    Stream(Stream),
+    /// An answer other than 200.
+    Refused(Response),
+    Unreachable(String),
 }
 
 /// An open event stream.

@@ -37,7 +37,8 @@ pub fn environment(
     .collect()
 }
 
-fn settings(env: &[(String, String)]) -> Settings {
+/// The settings an instance built from `env` runs with.
+pub fn settings(env: &[(String, String)]) -> Settings {
     Settings::from_lookup(|name| {
         env.iter()
             .find(|(key, _)| key == name)
