@@ -19,6 +19,7 @@ const STREAM_SYNCS: &str = "metacast_stream_syncs_total";
 const OUTBOX_BACKLOG: &str = "metacast_outbox_backlog";
 const SWEEPER_LAG: &str = "metacast_sweeper_lag_seconds";
 const DOCUMENT_CACHE: &str = "metacast_document_cache_lookups_total";
+const RELAY_FAILURES: &str = "metacast_outbox_relay_failures_total";
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -106,6 +107,11 @@ impl Drop for OpenStream {
 /// (the event history was lost).
 pub fn stream_sync(reason: &'static str) {
     metrics::counter!(STREAM_SYNCS, "reason" => reason).increment(1);
+}
+
+/// Counts a room whose outbox rows the relay could not append this round.
+pub fn relay_failed() {
+    metrics::counter!(RELAY_FAILURES).increment(1);
 }
 
 /// Counts a metadata GET served from the document cache (`hit`) or read

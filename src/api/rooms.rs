@@ -448,10 +448,10 @@ async fn store_write(
             "room.metadata.updated",
             room.as_str(),
             actor,
-            version,
-            &document,
+            (&document, version),
             write,
             None,
+            &state.settings.limits,
         )
     };
     let stored = db::store_metadata(

@@ -302,10 +302,10 @@ async fn write_metadata(
         "session.metadata.updated",
         room.as_str(),
         &access.user.subject,
-        stored.version,
-        &stored.metadata.0,
+        (&stored.metadata.0, stored.version),
         write,
         Some(("session_id", &stored.id.to_string())),
+        &state.settings.limits,
     );
     outbox::record(&mut tx, &mut event).await?;
     tx.commit().await?;

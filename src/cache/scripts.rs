@@ -58,16 +58,44 @@ return {1, expires}
     )
 });
 
-/// KEYS: connection. ARGV: owner, metadata JSON, version, ttl ms.
-/// → {created_at, expires_at}.
-pub static CREATE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: room closing. ARGV: +1 (a delete begins) or -1 (it is done), ttl
+/// ms. Counts the deletes under way, so the first to finish does not lift
+/// another's fence; gone at zero, and expiring, so a delete that dies
+/// midway fences nothing for long.
+pub static FENCE_ROOM: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return n
+"#,
+    )
+});
+
+/// KEYS: the deadlines index. ARGV: connection id, ttl ms.
+/// → {now, expires_at}. A connection's first step: whatever a crash leaves
+/// of the steps after it, the sweeper finds at this deadline and ends.
+pub static OPEN_LEASE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
-local expires = now + tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'state', 'live', 'owner', ARGV[1], 'metadata', ARGV[2],
-  'version', ARGV[3], 'created_at', now, 'ttl', ARGV[4], 'expires_at', expires)
+local expires = now + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
 return {now, expires}
+"#,
+    )
+});
+
+/// KEYS: connection. ARGV: owner, metadata JSON, version, ttl ms, created_at,
+/// expires_at (from OPEN_LEASE). → 1 created, 0 the lease ran out first
+/// (the sweeper may have passed: a record made now would never be swept).
+pub static CREATE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if now_ms() >= tonumber(ARGV[6]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'live', 'owner', ARGV[1], 'metadata', ARGV[2],
+  'version', ARGV[3], 'created_at', ARGV[5], 'ttl', ARGV[4], 'expires_at', ARGV[6])
+return 1
 "#,
     )
 });
@@ -190,7 +218,8 @@ return 1
 // without first reading the connection's keys in another slot. `s:<id>` is
 // the stamp of the latest attach that joined it, which its leave detaches;
 // `j:<id>` the nonce of the join that made the membership; `p:<id>` its
-// `presence.joined` while that waits for the session's `session.started`.
+// `presence.joined` (without the metadata, taken from `m:<id>` when it is
+// appended) while that waits for the session's `session.started`.
 
 /// KEYS: room members, room session, room events, room profiles, room
 /// departed, room occupants, room pending joins, room closing. ARGV:
@@ -253,7 +282,7 @@ local function joined(occupancy)
 end
 local function pend(occupancy)
   redis.call('RPUSH', KEYS[7], ARGV[1])
-  redis.call('HSET', KEYS[4], 'p:' .. ARGV[1], joined(occupancy))
+  redis.call('HSET', KEYS[4], 'p:' .. ARGV[1], ARGV[3] .. ',"occupancy":' .. occupancy)
 end
 if sid == '' then
   redis.call('HSET', KEYS[2], 'id', ARGV[2], 'started_at', now, 'peak', n)
@@ -421,10 +450,16 @@ pub static OCCUPANT_METADATA: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local held = redis.call('HGET', KEYS[2], 'v:' .. ARGV[5])
 if not held then return 0 end
+local newer = tonumber(held) < tonumber(ARGV[4])
+if redis.call('HEXISTS', KEYS[2], 'p:' .. ARGV[5]) == 1 then
+  -- Its presence.joined waits for the session's start and will carry this.
+  if newer then redis.call('HSET', KEYS[2], 'm:' .. ARGV[5], ARGV[3], 'v:' .. ARGV[5], ARGV[4]) end
+  return 1
+end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'connection.metadata.updated',
   'data', ARGV[2] .. ',"metadata":' .. ARGV[3] .. '}')
 redis.call('PUBLISH', ARGV[6], ARGV[7])
-if tonumber(held) < tonumber(ARGV[4]) then
+if newer then
   redis.call('HSET', KEYS[2], 'm:' .. ARGV[5], ARGV[3], 'v:' .. ARGV[5], ARGV[4])
 end
 return 1
@@ -521,8 +556,9 @@ for i = 6, #ARGV, 3 do
       and redis.call('HGET', KEYS[3], 'id') == cjson.decode(ARGV[i + 2]).session_id then
       redis.call('HSET', KEYS[3], 'announced', '1')
       for _, id in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
-        local data = redis.call('HGET', KEYS[4], 'p:' .. id)
-        if data then
+        local held = redis.call('HMGET', KEYS[4], 'p:' .. id, 'm:' .. id)
+        if held[1] then
+          local data = held[1] .. ',"metadata":' .. (held[2] or '{}') .. '}'
           redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'presence.joined', 'data', data)
           redis.call('HDEL', KEYS[4], 'p:' .. id)
         end

@@ -2,7 +2,6 @@
 //! the change it describes, numbered per room.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
 
@@ -33,26 +32,35 @@ pub async fn record(conn: &mut PgConnection, event: &mut Event) -> sqlx::Result<
     Ok(())
 }
 
-/// An outbox row not yet known to be in Redis.
+/// An outbox row not yet known to be in Redis. Its payload is the text
+/// Postgres holds, passed on to Redis undecoded: no payload, however deep a
+/// client made it, can fail the relay.
 #[derive(Debug, Clone, FromRow)]
 pub struct PendingRow {
     pub id: i64,
     pub room: String,
     pub seq: i64,
     pub event_type: String,
-    pub payload: Json<Value>,
+    pub payload: String,
     pub created_at: DateTime<Utc>,
 }
 
-/// Unpublished rows older than `min_age_ms`, oldest rooms' sequences first.
+/// Every unpublished row, in sequence order, of each room that has one
+/// older than `min_age_ms`. A room's rows go from its lowest unpublished
+/// one: a transaction that started earlier can commit a later sequence
+/// number, and relaying that alone would make its predecessor look
+/// already there.
 pub async fn pending(
     executor: impl PgExecutor<'_>,
     min_age_ms: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<PendingRow>> {
     sqlx::query_as(
-        "select id, room, seq, event_type, payload, created_at from outbox
-         where published_at is null and created_at < now() - make_interval(secs => $1 / 1000.0)
+        "select id, room, seq, event_type, payload::text as payload, created_at from outbox
+         where published_at is null and room in (
+             select room from outbox
+             where published_at is null and created_at < now() - make_interval(secs => $1 / 1000.0)
+         )
          order by room, seq
          limit $2",
     )
@@ -69,7 +77,7 @@ pub async fn pending_in_room(
     seq: i64,
 ) -> sqlx::Result<Vec<PendingRow>> {
     sqlx::query_as(
-        "select id, room, seq, event_type, payload, created_at from outbox
+        "select id, room, seq, event_type, payload::text as payload, created_at from outbox
          where room = $1 and seq <= $2 and published_at is null
          order by seq",
     )
@@ -97,13 +105,17 @@ pub async fn mark_published(executor: impl PgExecutor<'_>, ids: &[i64]) -> sqlx:
     Ok(())
 }
 
-/// Deletes rows older than the event history's retention.
+/// Deletes published rows older than the event history's retention. An
+/// unpublished row stays, however old, until the relay has appended it: a
+/// room's stream never loses an event to pruning.
 #[tracing::instrument(skip_all)]
 pub async fn prune(conn: &mut PgConnection, retention_secs: i64) -> sqlx::Result<u64> {
-    let done =
-        sqlx::query("delete from outbox where created_at < now() - make_interval(secs => $1)")
-            .bind(retention_secs as f64)
-            .execute(conn)
-            .await?;
+    let done = sqlx::query(
+        "delete from outbox
+         where published_at is not null and created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention_secs as f64)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected())
 }

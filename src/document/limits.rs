@@ -65,6 +65,17 @@ impl DocumentLimits {
     }
 }
 
+impl DocumentLimits {
+    /// Whether a patch as sent may travel in its change's event: no larger
+    /// and, but for the two levels a JSON Patch wraps a value in, no deeper
+    /// than a document may be. A patch that builds and removes something
+    /// huge or deep can leave a small document; its event must stay as
+    /// small as the document's limit allows, and decodable by any client.
+    pub fn fits_in_event(&self, patch: &Value) -> bool {
+        inspect(patch).depth <= self.max_depth + 2 && compact_size(patch) <= self.max_bytes
+    }
+}
+
 struct Shape {
     depth: usize,
     has_nul: bool,

@@ -17,7 +17,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::cache::scripts;
-use crate::document::Write;
+use crate::document::{DocumentLimits, Write};
 use crate::error::Error;
 use crate::state::AppState;
 
@@ -62,22 +62,32 @@ impl Event {
     }
 
     /// `room.metadata.updated`, `session.metadata.updated` or
-    /// `connection.metadata.updated`: the full document and the patch as sent.
+    /// `connection.metadata.updated`: the full document and the patch as sent
+    /// (`null`, with `patch_omitted: true`, when it exceeds `limits`).
     pub fn metadata_updated(
         kind: &'static str,
         room: &str,
         actor: &str,
-        version: i64,
-        metadata: &Value,
+        (metadata, version): (&Value, i64),
         write: &Write,
         scope: Option<(&'static str, &str)>,
+        limits: &DocumentLimits,
     ) -> Self {
         let mut fields = json!({
             "version": version,
             "metadata": metadata,
-            "patch": write.sent(),
             "strategy": write.strategy(),
         });
+        if let Value::Object(map) = &mut fields {
+            // The document is always there in full; the patch only if it is
+            // no bigger than a document may be.
+            if limits.fits_in_event(write.sent()) {
+                map.insert("patch".to_owned(), write.sent().clone());
+            } else {
+                map.insert("patch".to_owned(), Value::Null);
+                map.insert("patch_omitted".to_owned(), true.into());
+            }
+        }
         if let (Some((name, id)), Value::Object(map)) = (scope, &mut fields) {
             map.insert(name.to_owned(), id.into());
         }

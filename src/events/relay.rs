@@ -144,7 +144,7 @@ fn appendable(rows: &[PendingRow]) -> Vec<Row<'_>> {
         .map(|row| Row {
             seq: row.seq,
             kind: &row.event_type,
-            data: row.payload.0.to_string(),
+            data: row.payload.clone(),
         })
         .collect()
 }
@@ -156,10 +156,17 @@ pub async fn relay_once(state: &AppState) -> Result<usize, Error> {
     let rows = outbox::pending(&state.db, RELAY_MIN_AGE.as_millis() as i64, RELAY_BATCH).await?;
     let mut handled = Vec::with_capacity(rows.len());
     for group in rows.chunk_by(|a, b| a.room == b.room) {
+        let room = &group[0].room;
         // Forced: these rows are the oldest unpublished of their room, so a
-        // gap before them can only be rows that no longer exist.
-        append_durable(state, &group[0].room, &appendable(group), true).await?;
-        handled.extend(group.iter().map(|row| row.id));
+        // gap before them can only be rows that no longer exist. A room
+        // whose append fails waits for the next round; the others go on.
+        match append_durable(state, room, &appendable(group), true).await {
+            Ok(_) => handled.extend(group.iter().map(|row| row.id)),
+            Err(err) => {
+                crate::metrics::relay_failed();
+                tracing::error!(error = %err, room_id = %room, rows = group.len(), "cannot relay a room's outbox events; retrying next round");
+            }
+        }
     }
     if !handled.is_empty() {
         outbox::mark_published(&state.db, &handled).await?;

@@ -77,6 +77,39 @@ pub async fn create(
     let mut redis = state.redis.clone();
     let id = Uuid::now_v7().to_string();
     let quota = state.settings.presence.max_connections_per_subject;
+    // Created with a document: version 1; created empty by the server: 0.
+    let (metadata, version) = match metadata {
+        Some(doc) => (doc, 1),
+        None => (Value::Object(Default::default()), 0),
+    };
+    let ttl_ms = ttl.as_millis() as i64;
+    // The deadline first, then the record, then the quota and the listing:
+    // a process killed after any step leaves something the sweeper ends at
+    // the deadline (it reads the owner from the record to free the quota).
+    let (created_at, expires_at): (i64, i64) = scripts::OPEN_LEASE
+        .key(keys.deadlines())
+        .arg(&id)
+        .arg(ttl_ms)
+        .invoke_async(&mut redis)
+        .await?;
+    let created: i64 = scripts::CREATE_CONNECTION
+        .key(keys.connection(&id))
+        .arg(owner)
+        .arg(metadata.to_string())
+        .arg(version)
+        .arg(ttl_ms)
+        .arg(created_at)
+        .arg(expires_at)
+        .invoke_async(&mut redis)
+        .await?;
+    if created == 0 {
+        return Err(Error::busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis-unavailable",
+            "the connection's lease ran out while it was being created; retry",
+            1,
+        ));
+    }
     let reserved: i64 = scripts::RESERVE_QUOTA
         .key(keys.subject_connections(owner))
         .arg(&id)
@@ -84,55 +117,34 @@ pub async fn create(
         .invoke_async(&mut redis)
         .await?;
     if reserved == 0 {
+        // Undone now; should this fail, the sweeper ends it at its deadline.
+        let undone: redis::RedisResult<()> = async {
+            redis::cmd("DEL")
+                .arg(keys.connection(&id))
+                .query_async::<()>(&mut redis)
+                .await?;
+            redis::cmd("ZREM")
+                .arg(keys.deadlines())
+                .arg(&id)
+                .query_async::<()>(&mut redis)
+                .await
+        }
+        .await;
+        if let Err(err) = undone {
+            tracing::debug!(error = %err, "over-quota connection left to the sweeper");
+        }
         return Err(Error::client(
             StatusCode::TOO_MANY_REQUESTS,
             "too-many-connections",
             format!("a subject may hold at most {quota} connections"),
         ));
     }
-    // Created with a document: version 1; created empty by the server: 0.
-    let (metadata, version) = match metadata {
-        Some(doc) => (doc, 1),
-        None => (Value::Object(Default::default()), 0),
-    };
-    let ttl_ms = ttl.as_millis() as i64;
-    let created: redis::RedisResult<(i64, i64)> = scripts::CREATE_CONNECTION
-        .key(keys.connection(&id))
-        .arg(owner)
-        .arg(metadata.to_string())
-        .arg(version)
-        .arg(ttl_ms)
-        .invoke_async(&mut redis)
-        .await;
-    let (created_at, expires_at) = match created {
-        Ok(times) => times,
-        Err(err) => {
-            let _: redis::RedisResult<()> = redis::cmd("ZREM")
-                .arg(keys.subject_connections(owner))
-                .arg(&id)
-                .query_async(&mut redis)
-                .await;
-            return Err(err.into());
-        }
-    };
-    // Two global keys, so two commands (one pipeline could not span their
-    // Redis Cluster slots); sent together, they still cost one round trip.
-    let zadd = |index: String, score: i64| {
-        let mut redis = redis.clone();
-        let id = id.clone();
-        async move {
-            redis::cmd("ZADD")
-                .arg(index)
-                .arg(score)
-                .arg(id)
-                .query_async::<()>(&mut redis)
-                .await
-        }
-    };
-    tokio::try_join!(
-        zadd(keys.deadlines(), expires_at),
-        zadd(keys.all_connections(), 0)
-    )?;
+    redis::cmd("ZADD")
+        .arg(keys.all_connections())
+        .arg(0)
+        .arg(&id)
+        .query_async::<()>(&mut redis)
+        .await?;
     Ok(Connection {
         id,
         owner: owner.to_owned(),
@@ -230,10 +242,10 @@ async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Wr
             "connection.metadata.updated",
             room,
             actor,
-            conn.version,
-            &conn.metadata,
+            (&conn.metadata, conn.version),
             write,
             Some(("connection_id", &conn.id)),
+            &state.settings.limits,
         )
     };
     let mut own = updated("").for_connection(&conn.id);

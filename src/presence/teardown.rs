@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::occupancy::{self, Remover};
 use super::sessions;
+use crate::cache::scripts;
 use crate::db::rooms::RoomRow;
 use crate::db::{self, outbox};
 use crate::error::Error;
@@ -50,23 +51,22 @@ pub async fn delete(
     actor: &str,
     check: impl Fn(i64) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let closing = state.redis_keys.room_closing(room.as_str());
-    let mut redis = state.redis.clone();
-    // Expiring, so a delete that dies midway fences nothing for long.
-    let fence = 2 * state.settings.request_timeout.as_millis() as u64;
-    redis::cmd("SET")
-        .arg(&closing)
-        .arg(actor)
-        .arg("PX")
-        .arg(fence.max(1000))
-        .query_async::<()>(&mut redis)
-        .await?;
+    let fence = |delta: i64| {
+        let mut redis = state.redis.clone();
+        // Expiring, so a delete that dies midway fences nothing for long.
+        let ttl = (2 * state.settings.request_timeout.as_millis() as u64).max(1000);
+        async move {
+            scripts::FENCE_ROOM
+                .key(state.redis_keys.room_closing(room.as_str()))
+                .arg(delta)
+                .arg(ttl)
+                .invoke_async::<i64>(&mut redis)
+                .await
+        }
+    };
+    fence(1).await?;
     let deleted = delete_fenced(state, room, actor, check).await;
-    let lifted: redis::RedisResult<()> = redis::cmd("DEL")
-        .arg(&closing)
-        .query_async(&mut redis)
-        .await;
-    if let Err(err) = lifted {
+    if let Err(err) = fence(-1).await {
         tracing::warn!(error = %err, room_id = room.as_str(), "delete fence not lifted; it expires");
     }
     deleted

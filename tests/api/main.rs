@@ -32,6 +32,7 @@ mod outbox;
 mod permissions;
 mod presence;
 mod read_rule;
+mod relay_bounds;
 mod rooms;
 mod slow_bodies;
 mod sse;

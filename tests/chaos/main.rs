@@ -39,7 +39,7 @@ use crate::fold::Fold;
 use crate::harness::{PostgresServer, RedisServer, free_port};
 use crate::instance::{Process, environment, settings};
 use crate::rng::Rng;
-use crate::world::{Knobs, World, ids_in};
+use crate::world::{Knobs, World};
 
 const INSTANCES: usize = 3;
 /// Longer than the reconciler's start grace plus a round, so every repair
@@ -222,7 +222,10 @@ fn report(world: &World, knobs: &Knobs) {
     if !violations.is_empty() {
         let path = std::env::temp_dir().join(format!("metacast-chaos-{}.log", knobs.seed));
         world.dump(&path);
-        eprintln!("chaos: the whole run's log is in {}", path.display());
+        eprintln!(
+            "chaos: the run's latest log entries are in {}",
+            path.display()
+        );
     }
     for violation in &violations {
         eprintln!(
@@ -230,9 +233,8 @@ fn report(world: &World, knobs: &Knobs) {
             violation.chars().take(300).collect::<String>()
         );
     }
-    for violation in violations.iter().take(5) {
+    for (violation, history) in world.explained() {
         eprintln!("\nchaos VIOLATION: {violation}\nhistory:");
-        let history = world.history_of(&ids_in(violation));
         for entry in history.iter().rev().take(80).rev() {
             eprintln!(
                 "  {:>9.3}s {:<14} {} => {}",

@@ -113,6 +113,11 @@ pub async fn visit(
     let who = format!("visitor-{seed:x}");
     let fold = Mutex::new(Fold::new(&room));
     for _ in 0..if resume { 2 } else { 1 } {
+        // A stream that ended (the room was deleted) is followed anew.
+        let ended = fold.lock().expect("fold").ended;
+        if ended {
+            *fold.lock().expect("fold") = Fold::new(&room);
+        }
         let api = rng.pick(&apis);
         let Some(mut stream) = open(&world, &who, api, &fold).await else {
             return;

@@ -2,7 +2,7 @@
 //! addresses, the log of what was done (for the history printed on a
 //! failure), the violations found and the counts of what happened.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +47,11 @@ impl Knobs {
     }
 }
 
+/// How much of the log a run keeps: a long run's would not fit in memory.
+const LOG_ENTRIES: usize = 200_000;
+/// How many violations get their history printed.
+const EXPLAINED: usize = 5;
+
 /// One thing a participant did and what came of it.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -62,7 +67,10 @@ pub struct World {
     pub addresses: Vec<SocketAddr>,
     started: Instant,
     stopping: AtomicBool,
-    log: Mutex<Vec<Entry>>,
+    /// The latest [`LOG_ENTRIES`] entries.
+    log: Mutex<VecDeque<Entry>>,
+    /// The first violations, each with its history as it was then.
+    explained: Mutex<Vec<(String, Vec<Entry>)>>,
     violations: Mutex<Vec<String>>,
     counts: Mutex<BTreeMap<String, u64>>,
 }
@@ -77,6 +85,7 @@ impl World {
             started: Instant::now(),
             stopping: AtomicBool::new(false),
             log: Mutex::default(),
+            explained: Mutex::default(),
             violations: Mutex::default(),
             counts: Mutex::default(),
         }
@@ -102,7 +111,11 @@ impl World {
             what,
             outcome,
         };
-        self.log.lock().expect("log").push(entry);
+        let mut log = self.log.lock().expect("log");
+        if log.len() == LOG_ENTRIES {
+            log.pop_front();
+        }
+        log.push_back(entry);
     }
 
     pub fn count(&self, what: &str) {
@@ -125,6 +138,11 @@ impl World {
 
     pub fn violation(&self, what: String) {
         self.record("checker", "VIOLATION".to_owned(), what.clone());
+        let mut explained = self.explained.lock().expect("explained");
+        if explained.len() < EXPLAINED {
+            explained.push((what.clone(), self.history_of(&ids_in(&what))));
+        }
+        drop(explained);
         self.violations.lock().expect("violations").push(what);
     }
 
@@ -146,6 +164,11 @@ impl World {
             })
             .collect();
         std::fs::write(path, text).expect("write the chaos log");
+    }
+
+    /// The first violations with the history behind each.
+    pub fn explained(&self) -> Vec<(String, Vec<Entry>)> {
+        self.explained.lock().expect("explained").clone()
     }
 
     pub fn violations(&self) -> Vec<String> {
