@@ -21,15 +21,6 @@ async fn redis_session(app: &TestApp, room: &str) -> Option<String> {
         .unwrap()
 }
 
-async fn redis_members(app: &TestApp, room: &str) -> usize {
-    let mut redis = app.state.redis.clone();
-    redis::cmd("HLEN")
-        .arg(app.state.redis_keys.room_members(room))
-        .query_async(&mut redis)
-        .await
-        .unwrap()
-}
-
 async fn open_sessions(app: &TestApp, room: &str) -> Vec<Uuid> {
     sqlx::query_scalar("select id from sessions where room = $1 and ended_at is null")
         .bind(room)
@@ -55,7 +46,7 @@ async fn age_past_start_grace(app: &TestApp, room: &str) {
 async fn assert_consistent(app: &TestApp, room: &str) {
     let open = open_sessions(app, room).await;
     let named = redis_session(app, room).await;
-    if redis_members(app, room).await > 0 {
+    if app.members(room).await > 0 {
         assert_eq!(
             open.len(),
             1,
@@ -144,11 +135,7 @@ async fn clears_and_deletes_racing_joins_leave_rooms_consistent(pool: PgPool) {
                 .await
                 .unwrap();
         if live != Some(true) {
-            assert_eq!(
-                redis_members(&app, &room).await,
-                0,
-                "nobody in a deleted room"
-            );
+            assert_eq!(app.members(&room).await, 0, "nobody in a deleted room");
         }
     }
 }
@@ -212,7 +199,7 @@ async fn the_reconciler_evicts_members_of_a_session_postgres_has_ended(pool: PgP
         .await
         .unwrap();
 
-    assert_eq!(redis_members(&app, "lobby").await, 0);
+    assert_eq!(app.members("lobby").await, 0);
     assert_eq!(redis_session(&app, "lobby").await, None);
     assert_consistent(&app, "lobby").await;
     let left: Vec<Value> = app

@@ -242,6 +242,16 @@ impl TestApp {
             .await
     }
 
+    /// How many members the room has in Redis.
+    pub async fn members(&self, room: &str) -> usize {
+        let mut redis = self.state.redis.clone();
+        redis::cmd("HLEN")
+            .arg(self.state.redis_keys.room_members(room))
+            .query_async(&mut redis)
+            .await
+            .expect("Redis answers")
+    }
+
     /// The events recorded in the room's Redis stream: `(type, data)`, oldest first.
     pub async fn events(&self, room: &str) -> Vec<(String, Value)> {
         crate::history::room_history(&self.state, room).await

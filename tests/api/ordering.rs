@@ -23,19 +23,10 @@ async fn lock_room(app: &TestApp, room: &str) -> Transaction<'static, Postgres> 
     tx
 }
 
-async fn members(app: &TestApp, room: &str) -> usize {
-    let mut redis = app.state.redis.clone();
-    redis::cmd("HLEN")
-        .arg(app.state.redis_keys.room_members(room))
-        .query_async(&mut redis)
-        .await
-        .unwrap()
-}
-
 /// Waits until the room has `n` members in Redis.
 async fn until_members(app: &TestApp, room: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while members(app, room).await != n {
+    while app.members(room).await != n {
         assert!(Instant::now() < deadline, "{room} never had {n} members");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -172,7 +163,7 @@ async fn a_join_while_its_room_is_deleted_is_refused(pool: PgPool) {
         ],
         "{story:?}"
     );
-    assert_eq!(members(&app, "gone").await, 0);
+    assert_eq!(app.members("gone").await, 0);
 }
 
 /// A connection's metadata write fans out to the rooms it read; one it has
