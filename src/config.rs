@@ -88,6 +88,13 @@ pub struct PresenceSettings {
     pub stream_grace: Duration,
 }
 
+impl PresenceSettings {
+    /// How long a room's history is kept, in the milliseconds Redis takes.
+    pub fn retention_ms(&self) -> u64 {
+        self.event_retention.as_millis() as u64
+    }
+}
+
 impl Settings {
     /// Reads the process environment (after loading `.env`, if present).
     pub fn from_env() -> anyhow::Result<Self> {

@@ -94,9 +94,12 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// with its metadata, the occupants), or — with `Last-Event-ID` /
 /// `last_event_id` — replays exactly what was missed; when history cannot
 /// cover the gap it sends a `sync` instead. Then every change, in order.
-/// Keep-alive comments every 15 s. The stream ends when the token expires,
-/// when the room is deleted (after `room.deleted`), or when the instance
-/// shuts down; reconnect with the last id.
+/// A `*.metadata.updated` event carries the whole document, its version and
+/// the patch as sent; a patch larger or deeper than a document may be is
+/// left out (`"patch": null, "patch_omitted": true`), so no event outgrows
+/// the document limit. Keep-alive comments every 15 s. The stream ends when
+/// the token expires, when the room is deleted (after `room.deleted`), or
+/// when the instance shuts down; reconnect with the last id.
 #[utoipa::path(
     get, path = "/v1/rooms/{room}/events", tag = "events", operation_id = "events.room",
     params(

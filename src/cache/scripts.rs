@@ -16,6 +16,15 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- Appends to a history stream, trimmed by count and by age, that expires
+-- once it has been idle for the retention: nothing it would drop is
+-- resumable any more (a `Last-Event-ID` older than the retention gets a
+-- `sync`), and a client cannot make Redis keep a history for good.
+local function append(key, history, retention, kind, data)
+  redis.call('XADD', key, 'MAXLEN', '~', history, '*', 'type', kind, 'data', data)
+  redis.call('XTRIM', key, 'MINID', math.max(0, now_ms() - tonumber(retention)))
+  redis.call('PEXPIRE', key, retention)
+end
 local function is_alive(key, now)
   local f = redis.call('HMGET', key, 'state', 'expires_at')
   return f[1] == 'live' and tonumber(f[2]) ~= nil and tonumber(f[2]) > now
@@ -293,7 +302,7 @@ if n > tonumber(redis.call('HGET', KEYS[2], 'peak') or '0') then
   redis.call('HSET', KEYS[2], 'peak', n)
 end
 if redis.call('HGET', KEYS[2], 'announced') == '1' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'presence.joined', 'data', joined(n))
+  append(KEYS[3], ARGV[7], ARGV[12], 'presence.joined', joined(n))
   redis.call('PUBLISH', ARGV[8], ARGV[9])
 else
   pend(n)
@@ -316,7 +325,8 @@ return {1, n, sid, 0, now, started, durable}
 ///    a member (empty: it is not ending);
 /// 7. and 8. owner and metadata (JSON) for an occupant without a profile
 ///    (empty: refuse it);
-/// 9. history length, 10. events channel, 11. room id.
+/// 9. history length, 10. events channel, 11. room id, 12. history
+///    retention (ms).
 ///
 /// → {1, occupancy, attach stamp (empty if the profile has none)[, ended
 /// session id, peak, its started_at]} left, {0, occupancy} not a member, {-1} refused (not
@@ -356,8 +366,8 @@ redis.call('ZREM', KEYS[6], id)
 redis.call('HDEL', KEYS[4], 'o:' .. id, 'm:' .. id, 'v:' .. id, 's:' .. id, 'j:' .. id, 'p:' .. id)
 local n = redis.call('HLEN', KEYS[1])
 if ARGV[2] ~= '' and not unannounced then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'type', 'presence.left',
-    'data', ARGV[2] .. ',"owner":' .. owner .. ',"metadata":' .. metadata
+  append(KEYS[3], ARGV[9], ARGV[12], 'presence.left',
+    ARGV[2] .. ',"owner":' .. owner .. ',"metadata":' .. metadata
       .. ',"reason":"' .. reason .. '","occupancy":' .. n .. '}')
   redis.call('PUBLISH', ARGV[10], ARGV[11])
 end
@@ -441,8 +451,8 @@ return out
 
 /// KEYS: room events, room profiles. ARGV: history length,
 /// connection.metadata.updated payload without metadata and closing brace,
-/// metadata (JSON), its version, connection id, events channel, room id.
-/// Records the change in the room and in its profile of the occupant
+/// metadata (JSON), its version, connection id, events channel, room id,
+/// history retention (ms). Records the change in the room and in its profile of the occupant
 /// (unless a later version is already there); nothing if the connection
 /// is no longer an occupant (it left after the write read its rooms).
 pub static OCCUPANT_METADATA: LazyLock<Script> = LazyLock::new(|| {
@@ -456,8 +466,8 @@ if redis.call('HEXISTS', KEYS[2], 'p:' .. ARGV[5]) == 1 then
   if newer then redis.call('HSET', KEYS[2], 'm:' .. ARGV[5], ARGV[3], 'v:' .. ARGV[5], ARGV[4]) end
   return 1
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'connection.metadata.updated',
-  'data', ARGV[2] .. ',"metadata":' .. ARGV[3] .. '}')
+append(KEYS[1], ARGV[1], ARGV[8], 'connection.metadata.updated',
+  ARGV[2] .. ',"metadata":' .. ARGV[3] .. '}')
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 if newer then
   redis.call('HSET', KEYS[2], 'm:' .. ARGV[5], ARGV[3], 'v:' .. ARGV[5], ARGV[4])
@@ -503,13 +513,13 @@ return out
 });
 
 /// KEYS: a topic's events. ARGV: history length, type, data, events
-/// channel, topic. Appends an ephemeral event and wakes the instances; one
+/// channel, topic, history retention (ms). Appends an ephemeral event and wakes the instances; one
 /// script, since on a Redis Cluster the channel name hashes to another slot
 /// than the stream, and a pipeline cannot span slots.
 pub static APPEND_EPHEMERAL: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[2], 'data', ARGV[3])
+append(KEYS[1], ARGV[1], ARGV[6], ARGV[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 "#,
@@ -534,9 +544,9 @@ return 1
 /// announced and appends, right after it, the `presence.joined` of every
 /// join that waited for it and is still a member (see `JOIN`).
 ///
-/// After `room.deleted`, the room's history and sequence expire with the
-/// retention: nothing of a deleted room stays in Redis for good. A durable
-/// event of a room created again keeps them.
+/// After `room.deleted`, the room's sequence expires with the retention, as
+/// its history does once idle: nothing of a deleted room stays in Redis for
+/// good. A durable event of a room created again keeps the sequence.
 pub static APPEND_DURABLE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -551,7 +561,7 @@ for i = 6, #ARGV, 3 do
   elseif seq > (last or 0) + 1 and ARGV[4] ~= '1' then
     table.insert(out, -1)
   else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i + 1], 'data', ARGV[i + 2])
+    append(KEYS[1], ARGV[1], ARGV[5], ARGV[i + 1], ARGV[i + 2])
     if ARGV[i + 1] == 'session.started'
       and redis.call('HGET', KEYS[3], 'id') == cjson.decode(ARGV[i + 2]).session_id then
       redis.call('HSET', KEYS[3], 'announced', '1')
@@ -559,7 +569,7 @@ for i = 6, #ARGV, 3 do
         local held = redis.call('HMGET', KEYS[4], 'p:' .. id, 'm:' .. id)
         if held[1] then
           local data = held[1] .. ',"metadata":' .. (held[2] or '{}') .. '}'
-          redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', 'presence.joined', 'data', data)
+          append(KEYS[1], ARGV[1], ARGV[5], 'presence.joined', data)
           redis.call('HDEL', KEYS[4], 'p:' .. id)
         end
       end
@@ -573,12 +583,9 @@ for i = 6, #ARGV, 3 do
 end
 if appended then
   redis.call('SET', KEYS[2], last)
-  if deleted then
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
-    redis.call('PEXPIRE', KEYS[2], ARGV[5])
-  else
-    redis.call('PERSIST', KEYS[1])
-  end
+  -- A live room's sequence stays (SET clears an expiry): without it, the
+  -- next event would wait for earlier ones the outbox may no longer hold.
+  if deleted then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
 return out

@@ -160,6 +160,7 @@ async fn publish_one(state: &AppState, event: &Event) -> Result<(), Error> {
                 .arg(event.data.to_string())
                 .arg(keys.events_channel())
                 .arg(&event.room)
+                .arg(state.settings.presence.retention_ms())
                 .invoke_async::<()>(&mut redis)
                 .await?;
         }

@@ -51,7 +51,7 @@ pub async fn append_durable(
         .arg(keys.events_channel())
         .arg(room)
         .arg(if force { "1" } else { "0" })
-        .arg(state.settings.presence.event_retention.as_millis() as u64);
+        .arg(state.settings.presence.retention_ms());
     for row in rows {
         invocation.arg(row.seq).arg(row.kind).arg(&row.data);
     }

@@ -106,7 +106,7 @@ impl Session {
             return Ok(false);
         }
         let retained = retained(&self.state.redis, &self.state.redis_keys, &self.room).await?;
-        let retention = self.state.settings.presence.event_retention.as_millis() as u64;
+        let retention = self.state.settings.presence.retention_ms();
         let oldest_kept = (Utc::now().timestamp_millis() as u64).saturating_sub(retention);
         Ok(retained.covers(id.position) && id.position.ms >= oldest_kept)
     }

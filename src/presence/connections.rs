@@ -271,6 +271,7 @@ async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Wr
             .arg(&conn.id)
             .arg(keys.events_channel())
             .arg(room)
+            .arg(state.settings.presence.retention_ms())
             .invoke_async::<()>(&mut redis)
             .await;
         // Logged, not returned, as `events::publish` does: the write has

@@ -223,6 +223,7 @@ impl JoinScript<'_> {
                 .arg(room)
                 .arg(self.stamp)
                 .arg(if self.indexed { "1" } else { "0" })
+                .arg(state.settings.presence.retention_ms())
                 .invoke_async(&mut redis)
                 .await?;
         Ok(JoinOutcome {

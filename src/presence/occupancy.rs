@@ -116,6 +116,7 @@ async fn leave_script(
         .arg(state.settings.presence.event_history)
         .arg(keys.events_channel())
         .arg(room)
+        .arg(state.settings.presence.retention_ms())
         .invoke_async(&mut redis)
         .await?;
     let status = match reply.first() {

@@ -24,6 +24,7 @@ mod filters;
 mod helpers;
 #[path = "../common/history.rs"]
 mod history;
+mod history_bounds;
 mod lifecycle;
 mod openapi;
 mod ops;

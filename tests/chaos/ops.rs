@@ -293,6 +293,14 @@ impl Client {
                     .record(&self.name, what, format!("unreachable: {err}"));
                 None
             }
+            Outcome::TimedOut => {
+                // Its effect is unknown, as for a cut request; the hang
+                // itself is what nothing a client does may cause.
+                self.world
+                    .violation(format!("{what} did not answer in time"));
+                self.world.record(&self.name, what, "no answer".to_owned());
+                None
+            }
         }
     }
 

@@ -23,6 +23,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum Outcome {
     Answered(Response),
     Unreachable(String),
+    /// No answer within `REQUEST_TIMEOUT`: the caller decides whether that
+    /// is fatal (a fault test) or a finding to report (the chaos checker).
+    TimedOut,
 }
 
 #[derive(Clone)]
@@ -139,7 +142,7 @@ impl Api {
                 elapsed: started.elapsed(),
             }),
             Ok(Err(err)) => Outcome::Unreachable(err),
-            Err(_) => panic!("{path} did not answer within {REQUEST_TIMEOUT:?}"),
+            Err(_) => Outcome::TimedOut,
         }
     }
 
@@ -154,6 +157,7 @@ impl Api {
         match self.try_send(method, path, headers, body).await {
             Outcome::Answered(response) => response,
             Outcome::Unreachable(err) => panic!("{path}: no answer: {err}"),
+            Outcome::TimedOut => panic!("{path} did not answer within {REQUEST_TIMEOUT:?}"),
         }
     }
 

@@ -49,6 +49,7 @@ async fn write_until_killed(api: Api, index: usize, writer: usize, acks: Acks) {
                     .push(Ack { key, version });
             }
             Outcome::Unreachable(_) => return,
+            Outcome::TimedOut => panic!("{path} did not answer"),
         }
     }
 }
