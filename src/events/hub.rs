@@ -335,33 +335,61 @@ pub async fn read_after(
     room: &str,
     mut position: StreamPosition,
 ) -> redis::RedisResult<Vec<StoredEvent>> {
-    let mut conn = redis.clone();
     let mut events = Vec::new();
     loop {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(keys.topic_events(room))
-            .arg(format!("({position}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(READ_BATCH)
-            .query_async(&mut conn)
-            .await?;
-        let count = reply.ids.len();
-        for entry in reply.ids {
-            let Some(at) = StreamPosition::parse(&entry.id) else {
-                continue;
-            };
-            position = at;
-            events.push(StoredEvent {
-                position: at,
-                kind: entry.get("type").unwrap_or_default(),
-                data: entry.get("data").unwrap_or_default(),
-            });
-        }
-        if count < READ_BATCH {
-            return Ok(events);
+        let page = read_page(redis, keys, room, position).await?;
+        let more = page.is_full();
+        events.extend(page.events);
+        match events.last() {
+            Some(last) if more => position = last.position,
+            _ => return Ok(events),
         }
     }
+}
+
+/// Up to [`READ_BATCH`] entries of a stream, read in one round trip.
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    /// Entries the read returned, unparsable ones included.
+    read: usize,
+}
+
+impl Page {
+    /// Whether more entries may follow.
+    pub fn is_full(&self) -> bool {
+        self.read == READ_BATCH
+    }
+}
+
+/// The next page of the room's stream after `position`, oldest first.
+pub async fn read_page(
+    redis: &Redis,
+    keys: &Keys,
+    room: &str,
+    position: StreamPosition,
+) -> redis::RedisResult<Page> {
+    let mut conn = redis.clone();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.topic_events(room))
+        .arg(format!("({position}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(READ_BATCH)
+        .query_async(&mut conn)
+        .await?;
+    let read = reply.ids.len();
+    let events = reply
+        .ids
+        .into_iter()
+        .filter_map(|entry| {
+            Some(StoredEvent {
+                position: StreamPosition::parse(&entry.id)?,
+                kind: entry.get("type").unwrap_or_default(),
+                data: entry.get("data").unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(Page { events, read })
 }
 
 /// What a stream still holds of its history.

@@ -1,16 +1,17 @@
 //! One subscriber's stream of a room: a `sync` snapshot or an exact replay
 //! first, then live events, in order, without duplicates or silent gaps.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, stream};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::frame;
-use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, holds, read_after, retained, stream_end};
+use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, holds, read_page, retained, stream_end};
 use super::ids::{EventId, StreamPosition, current_epoch, room_epoch};
 use crate::db;
 use crate::error::Error;
@@ -27,7 +28,10 @@ pub enum Start {
 
 /// Opens a room subscription: subscribes to the live feed before reading
 /// anything (so nothing falls between the first frames and the live ones)
-/// and returns its frames. The response body polls the stream itself (no
+/// and returns its frames. A replay is read from Redis a page at a time, as
+/// the client takes it, so a subscriber holds one page, never the whole
+/// history; live events wait in the feed meanwhile (one that falls too far
+/// behind gets a `sync`). The response body polls the stream itself (no
 /// task of its own, so one wake-up per event); it ends after
 /// `room.deleted` (live or replayed), after a `sync` that finds the room
 /// gone, when the feed closes, or when it is dropped.
@@ -44,13 +48,15 @@ pub async fn open(
         position: StreamPosition::default(),
         ended: false,
     };
-    let first = session.start(start).await?;
+    let (backlog, replaying) = session.start(start).await?;
     let live = Live {
         session,
         receiver,
         _feed: feed,
+        backlog,
+        replaying,
     };
-    Ok(stream::iter(first).chain(stream::unfold(live, Live::next)))
+    Ok(stream::unfold(live, Live::next))
 }
 
 struct Session {
@@ -65,32 +71,40 @@ struct Session {
 }
 
 impl Session {
-    /// The first frames: a replay when the id is resumable, else one `sync`.
-    async fn start(&mut self, start: Start) -> Result<Vec<Bytes>, Error> {
+    /// The first frames — the replay's first page when the id is
+    /// resumable, else one `sync` — and whether more of the replay follows.
+    /// The first page is read here, so a Redis failure is an error answer
+    /// rather than a stream that ends at once.
+    async fn start(&mut self, start: Start) -> Result<(VecDeque<Bytes>, bool), Error> {
         if let Start::After(raw) = start
             && let Some(id) = EventId::parse(&raw)
             && self.resumable(&id).await?
         {
             self.position = id.position;
-            let events = read_after(
-                &self.state.redis,
-                &self.state.redis_keys,
-                &self.room,
-                self.position,
-            )
-            .await?;
-            let mut frames = Vec::with_capacity(events.len());
-            for event in &events {
-                frames.push(self.replayed(event));
-                if self.ended {
-                    // A later incarnation of the room is not this stream's.
-                    break;
-                }
-            }
-            return Ok(frames);
+            return self.replay_page().await;
         }
         crate::metrics::stream_sync("start");
-        Ok(vec![self.sync().await?])
+        Ok((VecDeque::from([self.sync().await?]), false))
+    }
+
+    /// The replay's next page after the position, and whether more follows.
+    async fn replay_page(&mut self) -> Result<(VecDeque<Bytes>, bool), Error> {
+        let page = read_page(
+            &self.state.redis,
+            &self.state.redis_keys,
+            &self.room,
+            self.position,
+        )
+        .await?;
+        let mut frames = VecDeque::with_capacity(page.events.len());
+        for event in &page.events {
+            frames.push_back(self.replayed(event));
+            if self.ended {
+                // A later incarnation of the room is not this stream's.
+                return Ok((frames, false));
+            }
+        }
+        Ok((frames, page.is_full()))
     }
 
     /// Whether `id` is a position this room's stream gave out and history
@@ -149,10 +163,28 @@ struct Live {
     receiver: broadcast::Receiver<Delivery>,
     /// The feed lives as long as one of its subscribers holds it.
     _feed: Arc<Feed>,
+    /// Frames read but not yet given to the client.
+    backlog: VecDeque<Bytes>,
+    /// The replay has more pages to read before the live events.
+    replaying: bool,
 }
 
 impl Live {
     async fn next(mut self) -> Option<(Bytes, Self)> {
+        if self.backlog.is_empty() && self.replaying && !self.session.ended {
+            // Boxed, as the resync below: most subscribers never replay.
+            match Box::pin(self.session.replay_page()).await {
+                Ok((frames, more)) => (self.backlog, self.replaying) = (frames, more),
+                Err(err) => {
+                    // The client resumes from the last id it was given.
+                    tracing::warn!(error = %err, room = self.session.room, "cannot read on in a replay; closing the stream");
+                    return None;
+                }
+            }
+        }
+        if let Some(frame) = self.backlog.pop_front() {
+            return Some((frame, self));
+        }
         if self.session.ended {
             return None;
         }

@@ -372,3 +372,24 @@ async fn a_slow_subscriber_gets_a_sync_instead_of_an_unbounded_backlog(pool: PgP
         "it got a snapshot in place of the backlog ({received} frames, feed buffer {FEED_CAPACITY})"
     );
 }
+
+/// A replay is read a page at a time; one longer than several pages, with
+/// writes landing while it is read, arrives whole, in order, once each.
+#[sqlx::test]
+async fn a_replay_of_many_pages_arrives_whole_and_in_order(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (base, token, stream, sync) = lobby_stream(&app).await;
+    drop(stream);
+    for n in 0..700 {
+        app.patch_room("lobby", json!({"n": n})).await;
+    }
+    let mut resumed = subscribe(&base, "lobby", &token, &[("last-event-id", &sync.id)]).await;
+    for n in 700..710 {
+        app.patch_room("lobby", json!({"n": n})).await;
+    }
+    for version in 2..=711 {
+        let frame = resumed.expect("room.metadata.updated").await;
+        assert_eq!(frame.data["version"], version);
+    }
+    resumed.assert_quiet(Duration::from_millis(300)).await;
+}
