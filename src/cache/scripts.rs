@@ -533,6 +533,10 @@ return 1
 /// → per event: 1 appended, 0 already there, -1 held back (an earlier one
 /// is missing; the relay appends them in order).
 ///
+/// A forced append past a recorded sequence means Redis lost events it
+/// had (Postgres numbers a room's events without holes): a `gap` entry goes
+/// first, which every reader of the stream answers with a `sync`.
+///
 /// This is what keeps the inline publish and the outbox relay from
 /// duplicating or reordering a room's durable events. With no sequence
 /// recorded, only a room's first event (1) is known to have nothing before
@@ -561,6 +565,12 @@ for i = 6, #ARGV, 3 do
   elseif seq > (last or 0) + 1 and ARGV[4] ~= '1' then
     table.insert(out, -1)
   else
+    if last and seq > last + 1 then
+      -- Events before this one reached Redis and are gone from it (a
+      -- failover rolled the stream and the sequence back): whoever reads
+      -- past here is told to start again from a snapshot.
+      append(KEYS[1], ARGV[1], ARGV[5], 'gap', '{}')
+    end
     append(KEYS[1], ARGV[1], ARGV[5], ARGV[i + 1], ARGV[i + 2])
     if ARGV[i + 1] == 'session.started'
       and redis.call('HGET', KEYS[3], 'id') == cjson.decode(ARGV[i + 2]).session_id then

@@ -356,6 +356,9 @@ impl ConnStream {
             .as_ref()
             .is_some_and(|data| data["connection_id"] == self.id.as_str());
         match (kind, own, self.left.get(topic)) {
+            // Redis lost events of the room (see `APPEND_DURABLE`); a room
+            // stream answers it with a `sync`, this one does not yet.
+            ("gap", _, _) => false,
             // It comes once, from the connection's own topic.
             ("connection.metadata.updated", true, _) => false,
             ("presence.left", true, _) => {

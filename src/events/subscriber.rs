@@ -18,6 +18,9 @@ use crate::error::Error;
 use crate::presence::{occupancy, occupants};
 use crate::state::AppState;
 
+/// The stream entry that marks events Redis lost (see `APPEND_DURABLE`).
+const GAP: &str = "gap";
+
 /// Where a subscription starts.
 pub enum Start {
     /// A snapshot (`sync`) of the room now.
@@ -98,6 +101,13 @@ impl Session {
         .await?;
         let mut frames = VecDeque::with_capacity(page.events.len());
         for event in &page.events {
+            if event.kind == GAP {
+                // What follows would skip events Redis lost: a snapshot
+                // instead, positioned at the stream's end.
+                crate::metrics::stream_sync("gap");
+                frames.push_back(self.sync().await?);
+                return Ok((frames, false));
+            }
             frames.push_back(self.replayed(event));
             if self.ended {
                 // A later incarnation of the room is not this stream's.
@@ -190,29 +200,28 @@ impl Live {
         }
         loop {
             let delivery = self.receiver.recv().await;
-            let frame = match delivery {
-                Ok(Delivery::Event(event)) if event.event.position > self.session.position => {
-                    self.session.live(&event)
+            // Otherwise a fresh snapshot, for this reason:
+            let reason = match delivery {
+                Ok(Delivery::Event(event)) if event.event.position <= self.session.position => {
+                    continue;
                 }
-                Ok(Delivery::Event(_)) => continue,
-                // Fell behind the feed, or history was lost: a fresh snapshot.
-                Ok(Delivery::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    crate::metrics::stream_sync(if matches!(delivery, Ok(Delivery::Resync)) {
-                        "resync"
-                    } else {
-                        "lag"
-                    });
-                    // Boxed: a rare path whose future would otherwise make
-                    // every idle subscriber as large as a Postgres query.
-                    match Box::pin(self.session.sync()).await {
-                        Ok(frame) => frame,
-                        Err(err) => {
-                            tracing::warn!(error = %err, room = self.session.room, "cannot resync a stream; closing it");
-                            return None;
-                        }
-                    }
-                }
+                // Redis lost events before this one.
+                Ok(Delivery::Event(event)) if event.event.kind == GAP => "gap",
+                Ok(Delivery::Event(event)) => return Some((self.session.live(&event), self)),
+                // History was lost, or this subscriber fell behind the feed.
+                Ok(Delivery::Resync) => "resync",
+                Err(broadcast::error::RecvError::Lagged(_)) => "lag",
                 Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            crate::metrics::stream_sync(reason);
+            // Boxed: a rare path whose future would otherwise make every
+            // idle subscriber as large as a Postgres query.
+            let frame = match Box::pin(self.session.sync()).await {
+                Ok(frame) => frame,
+                Err(err) => {
+                    tracing::warn!(error = %err, room = self.session.room, "cannot resync a stream; closing it");
+                    return None;
+                }
             };
             return Some((frame, self));
         }

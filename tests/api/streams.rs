@@ -393,3 +393,43 @@ async fn a_replay_of_many_pages_arrives_whole_and_in_order(pool: PgPool) {
     }
     resumed.assert_quiet(Duration::from_millis(300)).await;
 }
+
+/// Seen failing before: after a failover rolled the room's stream and
+/// sequence back (the epoch surviving), the next write was appended past
+/// the gap and a resume from before it replayed on as if nothing was lost.
+#[sqlx::test]
+async fn events_lost_by_a_rolled_back_redis_are_answered_with_a_sync(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (base, token, mut stream, _) = lobby_stream(&app).await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        app.patch_room("lobby", json!({"n": n})).await;
+        ids.push(stream.expect("room.metadata.updated").await.id);
+    }
+    drop(stream);
+
+    // The failover: the last two events and their sequence are gone.
+    let keys = app.state.redis_keys.clone();
+    let mut redis = app.state.redis.clone();
+    for id in &ids[1..] {
+        let (_, entry) = id.split_once('-').unwrap();
+        let _: i64 = redis::cmd("XDEL")
+            .arg(keys.room_events("lobby"))
+            .arg(entry)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let _: i64 = redis::cmd("DECRBY")
+        .arg(keys.room_published_seq("lobby"))
+        .arg(2)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    app.patch_room("lobby", json!({"n": 4})).await;
+    let mut resumed = subscribe(&base, "lobby", &token, &[("last-event-id", &ids[0])]).await;
+    let frame = resumed.expect("sync").await;
+    assert_eq!(frame.data["metadata"], json!({"n": 4}));
+    assert_eq!(frame.data["version"], 5);
+}
