@@ -10,8 +10,11 @@ use redis::Script;
 // room id on the events channel: a wake-up for the instances' stream hubs,
 // which then read the stream itself (so a lost wake-up loses nothing).
 
-/// Helpers prepended to every script.
+/// Helpers prepended to every script. A wake-up names the room; one for a
+/// change of the room's document (a durable `room.*` event) carries
+/// [`DOCUMENT_CHANGED`] before it, so caches drop only what changed.
 const PRELUDE: &str = r#"
+local DOCUMENT_CHANGED = '!'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -30,6 +33,9 @@ local function is_alive(key, now)
   return f[1] == 'live' and tonumber(f[2]) ~= nil and tonumber(f[2]) > now
 end
 "#;
+
+/// Marks a wake-up for a changed room document (no room id starts with it).
+pub const DOCUMENT_CHANGED: char = '!';
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
@@ -557,7 +563,7 @@ pub static APPEND_DURABLE: LazyLock<Script> = LazyLock::new(|| {
 local last = redis.call('GET', KEYS[2])
 last = last and tonumber(last)
 local out = {}
-local appended, deleted = false, false
+local appended, deleted, document = false, false, false
 for i = 6, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
   if last and seq <= last then
@@ -587,6 +593,7 @@ for i = 6, #ARGV, 3 do
     end
     last = seq
     appended = true
+    document = document or string.sub(ARGV[i + 1], 1, 5) == 'room.'
     deleted = ARGV[i + 1] == 'room.deleted'
     table.insert(out, 1)
   end
@@ -596,7 +603,7 @@ if appended then
   -- A live room's sequence stays (SET clears an expiry): without it, the
   -- next event would wait for earlier ones the outbox may no longer hold.
   if deleted then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  redis.call('PUBLISH', ARGV[2], (document and DOCUMENT_CHANGED or '') .. ARGV[3])
 end
 return out
 "#,

@@ -221,9 +221,16 @@ impl Hub {
         self.wake_all();
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
-            if let Ok(room) = message.get_payload::<String>() {
-                self.inner.documents.invalidate(&room);
-                self.wake(&room);
+            if let Ok(payload) = message.get_payload::<String>() {
+                // Only a change of the document drops the cached copy:
+                // presence and connection events leave it warm.
+                match payload.strip_prefix(crate::cache::scripts::DOCUMENT_CHANGED) {
+                    Some(room) => {
+                        self.inner.documents.invalidate(room);
+                        self.wake(room);
+                    }
+                    None => self.wake(&payload),
+                }
             }
         }
         Err(redis::RedisError::from(std::io::Error::from(

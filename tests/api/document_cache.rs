@@ -149,3 +149,36 @@ async fn a_write_through_another_instance_replaces_this_instance_copy(pool: PgPo
     }
     panic!("instance two still serves version 1 five seconds after the write");
 }
+
+/// Seen failing before: every wake-up of a room dropped its cached
+/// document, presence included, so the busiest rooms were the coldest.
+/// Only a change of the document does now.
+#[sqlx::test]
+async fn presence_in_a_room_keeps_its_cached_document(pool: PgPool) {
+    let app = TestApp::new(pool.clone()).await;
+    let admin = app.admin();
+    app.create_room("lobby", json!({"topic": "a"})).await;
+    // The first join starts a session (a durable event); its wake-up must
+    // have come and gone before the document is read into the cache.
+    let first = app.connect(&admin).await;
+    assert!(app.join(&admin, "lobby", &first).await.status.is_success());
+    listening(&app).await;
+    assert_eq!(get(&app, "lobby").await.1, Some(1));
+    sqlx::query("update rooms set metadata = '{\"topic\": \"unannounced\"}' where id = 'lobby'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // Another member comes and goes: wake-ups, but no document change.
+    let second = app.connect(&admin).await;
+    assert!(app.join(&admin, "lobby", &second).await.status.is_success());
+    let left = app
+        .delete(&format!("/v1/rooms/lobby/connections/{second}"))
+        .bearer(&admin)
+        .send()
+        .await;
+    assert!(left.status.is_success(), "{left:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, version, document) = get(&app, "lobby").await;
+    assert_eq!((version, document), (Some(1), json!({"topic": "a"})));
+}
