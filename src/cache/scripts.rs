@@ -14,7 +14,6 @@ use redis::Script;
 /// change of the room's document (a durable `room.*` event) carries
 /// [`DOCUMENT_CHANGED`] before it, so caches drop only what changed.
 const PRELUDE: &str = r#"
-local DOCUMENT_CHANGED = '!'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -37,8 +36,14 @@ end
 /// Marks a wake-up for a changed room document (no room id starts with it).
 pub const DOCUMENT_CHANGED: char = '!';
 
+/// The kind of the stream entry that marks events Redis lost (see
+/// `APPEND_DURABLE`); a room stream answers it with a `sync`.
+pub const GAP: &str = "gap";
+
 fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+    Script::new(&format!(
+        "local DOCUMENT_CHANGED, GAP = '{DOCUMENT_CHANGED}', '{GAP}'\n{PRELUDE}\n{body}"
+    ))
 }
 
 /// KEYS: subject index. ARGV: connection id, quota. → 1 reserved, 0 over quota.
@@ -458,9 +463,10 @@ return out
 /// KEYS: room events, room profiles. ARGV: history length,
 /// connection.metadata.updated payload without metadata and closing brace,
 /// metadata (JSON), its version, connection id, events channel, room id,
-/// history retention (ms). Records the change in the room and in its profile of the occupant
-/// (unless a later version is already there); nothing if the connection
-/// is no longer an occupant (it left after the write read its rooms).
+/// history retention (ms). Records the change in the room and in its
+/// profile of the occupant (unless a later version is already there);
+/// nothing if the connection is no longer an occupant (it left after the
+/// write read its rooms).
 pub static OCCUPANT_METADATA: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -519,9 +525,10 @@ return out
 });
 
 /// KEYS: a topic's events. ARGV: history length, type, data, events
-/// channel, topic, history retention (ms). Appends an ephemeral event and wakes the instances; one
-/// script, since on a Redis Cluster the channel name hashes to another slot
-/// than the stream, and a pipeline cannot span slots.
+/// channel, topic, history retention (ms). Appends an ephemeral event and
+/// wakes the instances; one script, since on a Redis Cluster the channel
+/// name hashes to another slot than the stream, and a pipeline cannot span
+/// slots.
 pub static APPEND_EPHEMERAL: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -575,7 +582,7 @@ for i = 6, #ARGV, 3 do
       -- Events before this one reached Redis and are gone from it (a
       -- failover rolled the stream and the sequence back): whoever reads
       -- past here is told to start again from a snapshot.
-      append(KEYS[1], ARGV[1], ARGV[5], 'gap', '{}')
+      append(KEYS[1], ARGV[1], ARGV[5], GAP, '{}')
     end
     append(KEYS[1], ARGV[1], ARGV[5], ARGV[i + 1], ARGV[i + 2])
     if ARGV[i + 1] == 'session.started'

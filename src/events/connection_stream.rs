@@ -358,7 +358,7 @@ impl ConnStream {
         match (kind, own, self.left.get(topic)) {
             // Redis lost events of the room (see `APPEND_DURABLE`); a room
             // stream answers it with a `sync`, this one does not yet.
-            ("gap", _, _) => false,
+            (crate::cache::scripts::GAP, _, _) => false,
             // It comes once, from the connection's own topic.
             ("connection.metadata.updated", true, _) => false,
             ("presence.left", true, _) => {

@@ -13,13 +13,11 @@ use tokio::sync::broadcast;
 use super::frame;
 use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, holds, read_page, retained, stream_end};
 use super::ids::{EventId, StreamPosition, current_epoch, room_epoch};
+use crate::cache::scripts::GAP;
 use crate::db;
 use crate::error::Error;
 use crate::presence::{occupancy, occupants};
 use crate::state::AppState;
-
-/// The stream entry that marks events Redis lost (see `APPEND_DURABLE`).
-const GAP: &str = "gap";
 
 /// Where a subscription starts.
 pub enum Start {

@@ -26,6 +26,15 @@ async fn listening(app: &TestApp) {
     panic!("the wake-up subscription did not come up within 5 s");
 }
 
+/// Changes the room's document behind the API's back: no wake-up tells of it.
+async fn change_unannounced(pool: &PgPool, room: &str) {
+    sqlx::query("update rooms set metadata = '{\"topic\": \"unannounced\"}' where id = $1")
+        .bind(room)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 async fn get(app: &TestApp, room: &str) -> (StatusCode, Option<i64>, Value) {
     let response = app
         .get(&format!("/v1/rooms/{room}/metadata"))
@@ -47,10 +56,7 @@ async fn a_read_document_is_served_from_memory_until_a_write_replaces_it(pool: P
     assert_eq!(get(&app, "lobby").await.1, Some(1));
 
     // A change nobody announces: the cache still answers what it read.
-    sqlx::query("update rooms set metadata = '{\"topic\": \"unannounced\"}' where id = 'lobby'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    change_unannounced(&pool, "lobby").await;
     let (_, version, document) = get(&app, "lobby").await;
     assert_eq!((version, document), (Some(1), json!({"topic": "a"})));
 
@@ -164,10 +170,7 @@ async fn presence_in_a_room_keeps_its_cached_document(pool: PgPool) {
     assert!(app.join(&admin, "lobby", &first).await.status.is_success());
     listening(&app).await;
     assert_eq!(get(&app, "lobby").await.1, Some(1));
-    sqlx::query("update rooms set metadata = '{\"topic\": \"unannounced\"}' where id = 'lobby'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    change_unannounced(&pool, "lobby").await;
 
     // Another member comes and goes: wake-ups, but no document change.
     let second = app.connect(&admin).await;
