@@ -81,7 +81,7 @@ pub struct PresenceSettings {
     pub auto_create_rooms: bool,
     /// Events kept per room stream.
     pub event_history: usize,
-    /// How long events are kept in the outbox.
+    /// How long a room's stream keeps its events.
     pub event_retention: Duration,
     /// After a connection's last event stream closes, how long before it
     /// leaves its rooms (a quick reconnect keeps it).

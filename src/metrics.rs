@@ -20,6 +20,7 @@ const OUTBOX_BACKLOG: &str = "metacast_outbox_backlog";
 const SWEEPER_LAG: &str = "metacast_sweeper_lag_seconds";
 const DOCUMENT_CACHE: &str = "metacast_document_cache_lookups_total";
 const RELAY_FAILURES: &str = "metacast_outbox_relay_failures_total";
+const RELAY_QUARANTINED: &str = "metacast_outbox_quarantined_total";
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -112,6 +113,11 @@ pub fn stream_sync(reason: &'static str) {
 /// Counts a room whose outbox rows the relay could not append this round.
 pub fn relay_failed() {
     metrics::counter!(RELAY_FAILURES).increment(1);
+}
+
+/// Counts outbox rows Redis refused, set aside in `outbox_quarantine`.
+pub fn relay_quarantined(rows: usize) {
+    metrics::counter!(RELAY_QUARANTINED).increment(rows as u64);
 }
 
 /// Counts a metadata GET served from the document cache (`hit`) or read

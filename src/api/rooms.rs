@@ -175,12 +175,14 @@ async fn get_room_metadata(
     let document = match lookup {
         Lookup::Hit(document) => document,
         Lookup::Miss(ticket) => {
-            let (version, json) = db::find_document(&state.db, room)
+            let (version, json, seq, row) = db::find_document(&state.db, room)
                 .await?
                 .ok_or_else(|| room_not_found(&access.room))?;
             let document = CachedDocument {
                 version,
                 json: json.into(),
+                seq,
+                row,
             };
             state.documents.fill(room, ticket, document.clone());
             document
@@ -238,8 +240,7 @@ async fn put_room_metadata(
         Absent::Create,
     )
     .await?;
-    let version = row.version;
-    let mut response = with_etag(version, Json(row.metadata.0));
+    let mut response = written_response(row);
     if created {
         *response.status_mut() = StatusCode::CREATED;
         let location = format!("/v1/rooms/{}/metadata", access.room);
@@ -318,7 +319,7 @@ async fn patch_room_metadata(
         Absent::NotFound,
     )
     .await?;
-    Ok(with_etag(row.version, Json(row.metadata.0)))
+    Ok(written_response(row))
 }
 
 /// Reset the room's metadata to `{}` (a new version); the room stays.
@@ -369,16 +370,57 @@ enum Absent {
 /// only when another write to the same room lands between them.
 const UNLOCKED_ATTEMPTS: usize = 2;
 
+/// The document a write starts from, as read.
+struct Current {
+    metadata: Value,
+    version: i64,
+    live: bool,
+    /// The row version a cached copy was taken at; `None` for a fresh read.
+    row: Option<i64>,
+}
+
+impl From<RoomRow> for Current {
+    fn from(row: RoomRow) -> Self {
+        Self {
+            live: row.is_live(),
+            metadata: row.metadata.0,
+            version: row.version,
+            row: None,
+        }
+    }
+}
+
+/// This instance's cached copy of the room's document, if it has one. It
+/// may be stale: a write starting from it stores nothing unless Postgres
+/// still holds that very row version, and decides nothing against the
+/// client on it.
+fn cached(state: &AppState, room: &RoomId) -> Option<Current> {
+    let Lookup::Hit(document) = state.documents.lookup(room.as_str()) else {
+        return None;
+    };
+    let metadata = serde_json::from_slice(&document.json).ok()?;
+    Some(Current {
+        metadata,
+        version: document.version,
+        live: true,
+        row: Some(document.row),
+    })
+}
+
 /// Applies `write` to the room's document atomically: concurrent writers
-/// never overwrite each other's changes. Returns the stored row and whether
-/// the room was created.
+/// never overwrite each other's changes. Returns the stored document (also
+/// left in this instance's document cache) and whether the room was
+/// created.
 ///
-/// A write to an existing room first tries without a lock: read the row,
-/// patch, check limits and preconditions, then store it and record its event
-/// in one statement that only succeeds if the row is still at the version
-/// read (so `If-Match` is decided by Postgres either way). Under contention
-/// for one room, or to create a room, it reads and writes under the row lock
-/// in one transaction, where writers queue instead of retrying.
+/// A write to an existing room first tries without a lock: take the
+/// document (from the document cache if it holds the room, else from
+/// Postgres), patch, check limits and preconditions, then store it and
+/// record its event in one statement that only succeeds if the row is still
+/// at the version read (so `If-Match` is decided by Postgres either way). A
+/// refusal (412, 409, 422, 413) on a cached copy is decided again on
+/// Postgres' row. Under contention for one room, or to create a room, it
+/// reads and writes under the row lock in one transaction, where writers
+/// queue instead of retrying.
 async fn write_metadata(
     state: &AppState,
     room: &RoomId,
@@ -386,21 +428,44 @@ async fn write_metadata(
     preconditions: &Preconditions,
     write: &Write,
     absent: Absent,
-) -> Result<(RoomRow, bool), Error> {
+) -> Result<(CachedDocument, bool), Error> {
     if absent == Absent::NotFound {
-        // One connection for both statements: sqlx pings each connection
+        // One connection for every statement: sqlx pings each connection
         // it takes back, a round trip per checkout.
         let mut conn = state.db.acquire().await?;
-        for _ in 0..UNLOCKED_ATTEMPTS {
-            let row = db::find(&mut *conn, room.as_str())
-                .await?
-                .ok_or_else(|| room_not_found(room))?;
-            let stored =
-                store_write(&mut *conn, state, room, actor, preconditions, write, row).await?;
-            if let Some((stored, event)) = stored {
-                drop(conn);
-                events::publish(state, std::slice::from_ref(&event)).await;
-                return Ok((stored, false));
+        let mut from_cache = cached(state, room);
+        for _ in 0..UNLOCKED_ATTEMPTS + usize::from(from_cache.is_some()) {
+            let was_cached = from_cache.is_some();
+            let current = match from_cache.take() {
+                Some(current) => current,
+                None => db::find(&mut *conn, room.as_str())
+                    .await?
+                    .ok_or_else(|| room_not_found(room))?
+                    .into(),
+            };
+            let ticket = state.documents.ticket(room.as_str());
+            match store_write(
+                &mut *conn,
+                state,
+                room,
+                actor,
+                preconditions,
+                write,
+                current,
+            )
+            .await
+            {
+                Ok(Some((stored, event))) => {
+                    drop(conn);
+                    state
+                        .documents
+                        .store_written(room.as_str(), ticket, stored.clone());
+                    events::publish(state, std::slice::from_ref(&event)).await;
+                    return Ok((stored, false));
+                }
+                Ok(None) => {}
+                Err(Error::Client { .. }) if was_cached => {}
+                Err(err) => return Err(err),
             }
         }
     }
@@ -413,15 +478,27 @@ async fn write_metadata(
             .ok_or_else(|| room_not_found(room))?,
     };
     let exists = row.is_live();
-    let (stored, event) = store_write(&mut *tx, state, room, actor, preconditions, write, row)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("room {room} changed under its row lock"))?;
+    let ticket = state.documents.ticket(room.as_str());
+    let (stored, event) = store_write(
+        &mut *tx,
+        state,
+        room,
+        actor,
+        preconditions,
+        write,
+        row.into(),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("room {room} changed under its row lock"))?;
     tx.commit().await?;
+    state
+        .documents
+        .store_written(room.as_str(), ticket, stored.clone());
     events::publish(state, std::slice::from_ref(&event)).await;
     Ok((stored, !exists))
 }
 
-/// Applies `write` to `row` as read and stores the result with its event,
+/// Applies `write` to `current` and stores the result with its event,
 /// unless the row moved on since it was read (`None`).
 async fn store_write(
     executor: impl sqlx::PgExecutor<'_>,
@@ -430,12 +507,11 @@ async fn store_write(
     actor: &str,
     preconditions: &Preconditions,
     write: &Write,
-    row: RoomRow,
-) -> Result<Option<(RoomRow, Event)>, Error> {
-    let exists = row.is_live();
-    let existing = exists.then_some((&row.metadata.0, row.version));
+    current: Current,
+) -> Result<Option<(CachedDocument, Event)>, Error> {
+    let existing = current.live.then_some((&current.metadata, current.version));
     let document = write.apply_checked(existing, preconditions, &state.settings.limits)?;
-    let version = row.version + 1;
+    let version = current.version + 1;
     let mut event = if write.is_reset() {
         Event::new(
             "room.metadata.deleted",
@@ -454,26 +530,31 @@ async fn store_write(
             &state.settings.limits,
         )
     };
+    let json = serde_json::value::to_raw_value(&document).map_err(anyhow::Error::from)?;
     let stored = db::store_metadata(
         executor,
         room.as_str(),
-        &document,
-        row.version,
-        exists,
-        &mut event,
+        &json,
+        (current.version, current.live, current.row),
+        (event.kind, &event.without_document()),
     )
     .await?;
-    Ok(stored.map(|at| {
-        let stored = RoomRow {
-            id: row.id,
-            metadata: sqlx::types::Json(document),
+    Ok(stored.map(|(seq, row)| {
+        event.outbox = Some(seq);
+        let stored = CachedDocument {
             version,
-            created_at: at.created_at,
-            updated_at: at.updated_at,
-            deleted_at: None,
+            json: bytes::Bytes::copy_from_slice(json.get().as_bytes()),
+            seq,
+            row,
         };
         (stored, event)
     }))
+}
+
+/// A written document, as stored, with its version.
+fn written_response(written: CachedDocument) -> Response {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    with_etag(written.version, (json, written.json))
 }
 
 pub(super) async fn find_room(state: &AppState, room: &RoomId) -> Result<RoomRow, Error> {

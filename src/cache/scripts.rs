@@ -33,8 +33,15 @@ local function is_alive(key, now)
 end
 "#;
 
-/// Marks a wake-up for a changed room document (no room id starts with it).
+/// Marks a wake-up for a changed room document (no room id starts with it):
+/// `!<sequence number of the change> <room>`.
 pub const DOCUMENT_CHANGED: char = '!';
+
+/// The room and sequence number a document wake-up names, if it is one.
+pub fn document_changed(payload: &str) -> Option<(&str, i64)> {
+    let (seq, room) = payload.strip_prefix(DOCUMENT_CHANGED)?.split_once(' ')?;
+    Some((room, seq.parse().ok()?))
+}
 
 /// The kind of the stream entry that marks events Redis lost (see
 /// `APPEND_DURABLE`); a room stream answers it with a `sync`.
@@ -548,7 +555,9 @@ return 1
 ///
 /// A forced append past a recorded sequence means Redis lost events it
 /// had (Postgres numbers a room's events without holes): a `gap` entry goes
-/// first, which every reader of the stream answers with a `sync`.
+/// first, which every reader of the stream answers with a `sync`. A `gap`
+/// row (an event the outbox can no longer tell exactly) takes its place
+/// with no second gap before it.
 ///
 /// This is what keeps the inline publish and the outbox relay from
 /// duplicating or reordering a room's durable events. With no sequence
@@ -567,6 +576,12 @@ return 1
 pub static APPEND_DURABLE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+-- No payload can fail the script halfway (its appends would stay, without
+-- the sequence that records them).
+local function session_of(data)
+  local ok, decoded = pcall(cjson.decode, data)
+  return ok and type(decoded) == 'table' and decoded.session_id or nil
+end
 local last = redis.call('GET', KEYS[2])
 last = last and tonumber(last)
 local out = {}
@@ -578,7 +593,7 @@ for i = 6, #ARGV, 3 do
   elseif seq > (last or 0) + 1 and ARGV[4] ~= '1' then
     table.insert(out, -1)
   else
-    if last and seq > last + 1 then
+    if last and seq > last + 1 and ARGV[i + 1] ~= GAP then
       -- Events before this one reached Redis and are gone from it (a
       -- failover rolled the stream and the sequence back): whoever reads
       -- past here is told to start again from a snapshot.
@@ -586,7 +601,7 @@ for i = 6, #ARGV, 3 do
     end
     append(KEYS[1], ARGV[1], ARGV[5], ARGV[i + 1], ARGV[i + 2])
     if ARGV[i + 1] == 'session.started'
-      and redis.call('HGET', KEYS[3], 'id') == cjson.decode(ARGV[i + 2]).session_id then
+      and redis.call('HGET', KEYS[3], 'id') == session_of(ARGV[i + 2]) then
       redis.call('HSET', KEYS[3], 'announced', '1')
       for _, id in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
         local held = redis.call('HMGET', KEYS[4], 'p:' .. id, 'm:' .. id)
@@ -600,7 +615,8 @@ for i = 6, #ARGV, 3 do
     end
     last = seq
     appended = true
-    document = document or string.sub(ARGV[i + 1], 1, 5) == 'room.'
+    -- A gap may stand for changes of the document too.
+    document = document or string.sub(ARGV[i + 1], 1, 5) == 'room.' or ARGV[i + 1] == GAP
     deleted = ARGV[i + 1] == 'room.deleted'
     table.insert(out, 1)
   end
@@ -610,7 +626,7 @@ if appended then
   -- A live room's sequence stays (SET clears an expiry): without it, the
   -- next event would wait for earlier ones the outbox may no longer hold.
   if deleted then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
-  redis.call('PUBLISH', ARGV[2], (document and DOCUMENT_CHANGED or '') .. ARGV[3])
+  redis.call('PUBLISH', ARGV[2], (document and DOCUMENT_CHANGED .. last .. ' ' or '') .. ARGV[3])
 end
 return out
 "#,

@@ -7,7 +7,6 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
 
 use crate::auth::RoomRanges;
-use crate::events::Event;
 
 /// A room as stored, tombstones included.
 #[derive(Debug, Clone, FromRow)]
@@ -39,7 +38,8 @@ pub async fn find(executor: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Optio
     .await
 }
 
-/// A live room's version and document as Postgres prints it, or `None`: what
+/// A live room's version, document as Postgres prints it, event sequence
+/// number and row version (`xmin`), or `None`: what
 /// a metadata GET sends, without parsing the document into a `Value` only to
 /// print it again (`perf` during R1 of `bench/run`: that parse and print took
 /// half of serde_json's ~4 % of the server's CPU, plus their allocations).
@@ -47,11 +47,14 @@ pub async fn find(executor: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Optio
 pub async fn find_document(
     executor: impl PgExecutor<'_>,
     id: &str,
-) -> sqlx::Result<Option<(i64, String)>> {
-    sqlx::query_as("select version, metadata::text from rooms where id = $1 and deleted_at is null")
-        .bind(id)
-        .fetch_optional(executor)
-        .await
+) -> sqlx::Result<Option<(i64, String, i64, i64)>> {
+    sqlx::query_as(
+        "select version, metadata::text, event_seq, xmin::text::bigint
+         from rooms where id = $1 and deleted_at is null",
+    )
+    .bind(id)
+    .fetch_optional(executor)
+    .await
 }
 
 /// Locks the room's row (live or tombstone) for the rest of the transaction.
@@ -93,62 +96,52 @@ pub async fn lock_or_insert(conn: &mut PgConnection, id: &str) -> sqlx::Result<R
     lock(conn, id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
-/// When a stored room document was created and updated.
-#[derive(Debug, Clone, FromRow)]
-pub struct StoredAt {
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Stores `metadata` as the next version and records `event` in the outbox
-/// with the room's next sequence number, in one statement, provided the row
-/// is still as the caller read it: at `read_version`, and live or a
-/// tombstone as `read_live` says. `None` when it moved on (another write, a
-/// deletion): then nothing was written. A revived tombstone gets a fresh
-/// `created_at`. Fills in the event's `outbox` position.
+/// Stores `metadata` as the next version and records its event (`kind`,
+/// `payload`) in the outbox with the room's next sequence number, in one
+/// statement, provided the row is still as the caller read it: at
+/// `read_version`, and live or a tombstone as `read_live` says, and, for a
+/// copy that may be stale (the document cache's), still the row version
+/// `read_row` (an `xmin`: no change of the row, announced or not, goes
+/// unseen). Returns the event's sequence number and the new row version,
+/// or `None` when the row moved on (another write, a deletion): then
+/// nothing was written. A revived tombstone gets a fresh `created_at`.
 ///
-/// One statement and one new row version, where a separate UPDATE of the
-/// document and outbox insert took two of each: the statement is atomic on
-/// its own, so a caller holding no lock can use it as a compare-and-set.
+/// One statement and one new row version of the room, plus a small outbox
+/// row: the payload leaves the document out (the room row holds it, see
+/// [`crate::db::outbox::PendingRow`]). The statement is atomic on its own,
+/// so a caller holding no lock can use it as a compare-and-set.
 #[tracing::instrument(skip_all, fields(room_id = id, read_version))]
 pub async fn store_metadata(
     executor: impl PgExecutor<'_>,
     id: &str,
-    metadata: &Value,
-    read_version: i64,
-    read_live: bool,
-    event: &mut Event,
-) -> sqlx::Result<Option<StoredAt>> {
-    let stored: Option<(DateTime<Utc>, DateTime<Utc>, i64, i64)> = sqlx::query_as(
+    metadata: &serde_json::value::RawValue,
+    (read_version, read_live, read_row): (i64, bool, Option<i64>),
+    (kind, payload): (&str, &(impl serde::Serialize + Sync)),
+) -> sqlx::Result<Option<(i64, i64)>> {
+    sqlx::query_as(
         "with stored as (
              update rooms
              set metadata = $2, version = $3 + 1, deleted_at = null,
                  event_seq = event_seq + 1,
                  created_at = case when deleted_at is null then created_at else now() end
              where id = $1 and version = $3 and (deleted_at is null) = $4
-             returning created_at, updated_at, event_seq
+               and ($7::bigint is null or xmin::text::bigint = $7)
+             returning event_seq, xmin::text::bigint as row
          ), recorded as (
              insert into outbox (room, seq, event_type, payload)
              select $1, event_seq, $5, $6 from stored
-             returning id
          )
-         select created_at, updated_at, event_seq, recorded.id from stored, recorded",
+         select event_seq, row from stored",
     )
     .bind(id)
     .bind(Json(metadata))
     .bind(read_version)
     .bind(read_live)
-    .bind(event.kind)
-    .bind(Json(&event.data))
+    .bind(kind)
+    .bind(Json(payload))
+    .bind(read_row)
     .fetch_optional(executor)
-    .await?;
-    Ok(stored.map(|(created_at, updated_at, seq, outbox_id)| {
-        event.outbox = Some((outbox_id, seq));
-        StoredAt {
-            created_at,
-            updated_at,
-        }
-    }))
+    .await
 }
 
 /// Turns a live room into a tombstone: its document goes, its version stays.

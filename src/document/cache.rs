@@ -11,6 +11,10 @@
 //! - a fill carries the shard's generation from before its Postgres read and
 //!   is dropped if an invalidation came in between (a read that raced a
 //!   write must not re-insert what the write replaced);
+//! - a writer stores the document it wrote the same way, with a ticket
+//!   taken before its write statement, so a hot room stays cached;
+//! - a wake-up names the sequence number of the change it announces, and
+//!   an entry already as new as that (the writer's own) stays;
 //! - while the wake-up subscription is down, invalidations may be missed:
 //!   every lookup misses and nothing is filled, and re-subscribing empties
 //!   the cache.
@@ -29,11 +33,17 @@ use bytes::Bytes;
 /// Shards: lookups from many tasks seldom wait for one lock.
 const SHARDS: usize = 16;
 
-/// A room document as served: its version and its JSON text.
+/// A room document as served: its version and its JSON text; the room's
+/// event sequence number when it was read or written (every durable change
+/// of the room has a later one); and the row version Postgres had then
+/// (its `xmin`, which any change of the row replaces, even one that leaves
+/// `version` alone), which a write starting from this copy requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedDocument {
     pub version: i64,
     pub json: Bytes,
+    pub seq: i64,
+    pub row: i64,
 }
 
 /// What a lookup found.
@@ -134,22 +144,24 @@ impl DocumentCache {
 
     /// Stores what a missed lookup read from Postgres, unless the room was
     /// invalidated since the lookup or a newer version is already here.
-    pub fn fill(&self, room: &str, ticket: FillTicket, document: CachedDocument) {
+    /// Returns whether no invalidation came in since the ticket.
+    pub fn fill(&self, room: &str, ticket: FillTicket, document: CachedDocument) -> bool {
         let Some(generation) = ticket.generation else {
-            return;
+            return false;
         };
         let mut shard = self.shard(ticket.shard);
         if shard.generation != generation {
-            return;
+            return false;
         }
         if let Some(entry) = shard.entries.get(room)
             && entry.document.version >= document.version
         {
-            return;
+            return true;
         }
         let needed = cost(room, &document);
         if needed > self.per_shard {
-            return;
+            shard.remove(room);
+            return true;
         }
         shard.remove(room);
         // Any entry will do: a lookup refills it at the price of one read.
@@ -167,11 +179,49 @@ impl DocumentCache {
                 stored_at: Instant::now(),
             },
         );
+        true
+    }
+
+    /// A ticket to store what a write is about to make the room's document,
+    /// taken before its write statement is sent.
+    pub fn ticket(&self, room: &str) -> FillTicket {
+        let index = self.shard_of(room);
+        let generation =
+            (self.per_shard > 0 && self.is_listening()).then(|| self.shard(index).generation);
+        FillTicket {
+            shard: index,
+            generation,
+        }
+    }
+
+    /// Stores the document a write made, which replaces whatever copy is
+    /// here; if an invalidation came in since the ticket, nothing is stored
+    /// and the copy is forgotten.
+    pub fn store_written(&self, room: &str, ticket: FillTicket, document: CachedDocument) {
+        if !self.fill(room, ticket, document) {
+            self.invalidate(room);
+        }
     }
 
     /// Forgets the room's document, and any fill under way for its shard.
     pub fn invalidate(&self, room: &str) {
         let mut shard = self.shard(self.shard_of(room));
+        shard.generation += 1;
+        shard.remove(room);
+    }
+
+    /// What a wake-up for the room's change at `seq` does: forgets an older
+    /// copy (and fills under way, as [`Self::invalidate`]); a copy already
+    /// as new stays, and so do the fills (older ones lose to it).
+    pub fn invalidate_before(&self, room: &str, seq: i64) {
+        let mut shard = self.shard(self.shard_of(room));
+        if shard
+            .entries
+            .get(room)
+            .is_some_and(|entry| entry.document.seq >= seq)
+        {
+            return;
+        }
         shard.generation += 1;
         shard.remove(room);
     }
@@ -223,6 +273,8 @@ mod tests {
         CachedDocument {
             version,
             json: Bytes::from(format!("{{\"v\":{version}}}")),
+            seq: version,
+            row: version,
         }
     }
 
@@ -362,11 +414,35 @@ mod tests {
     }
 
     #[test]
+    fn a_written_document_outlives_its_own_wake_up_but_not_a_later_one() {
+        let cache = listening_cache();
+        let write = cache.ticket("lobby");
+        cache.store_written("lobby", write, document(4));
+        cache.invalidate_before("lobby", 4);
+        assert_eq!(hit(&cache, "lobby"), Some(document(4)));
+        cache.invalidate_before("lobby", 5);
+        assert_eq!(hit(&cache, "lobby"), None);
+    }
+
+    #[test]
+    fn a_write_that_raced_an_invalidation_leaves_nothing_cached() {
+        let cache = listening_cache();
+        let fill = ticket(&cache, "lobby");
+        cache.fill("lobby", fill, document(3));
+        let write = cache.ticket("lobby");
+        cache.invalidate_before("lobby", 5);
+        cache.store_written("lobby", write, document(4));
+        assert_eq!(hit(&cache, "lobby"), None);
+    }
+
+    #[test]
     fn a_document_larger_than_a_shard_is_not_kept() {
         let cache = DocumentCache::new(SHARDS * 64, Duration::from_secs(60));
         cache.start_listening();
         let fill = ticket(&cache, "lobby");
         let large = CachedDocument {
+            seq: 1,
+            row: 1,
             version: 1,
             json: Bytes::from(vec![b' '; 1024]),
         };

@@ -224,9 +224,9 @@ impl Hub {
             if let Ok(payload) = message.get_payload::<String>() {
                 // Only a change of the document drops the cached copy:
                 // presence and connection events leave it warm.
-                match payload.strip_prefix(crate::cache::scripts::DOCUMENT_CHANGED) {
-                    Some(room) => {
-                        self.inner.documents.invalidate(room);
+                match crate::cache::scripts::document_changed(&payload) {
+                    Some((room, seq)) => {
+                        self.inner.documents.invalidate_before(room, seq);
                         self.wake(room);
                     }
                     None => self.wake(&payload),

@@ -34,8 +34,8 @@ pub struct Event {
     pub room: String,
     /// The SSE `data`: `room`, `at`, `actor` and the type's own fields.
     pub data: Value,
-    /// For durable events: the outbox row id and the room's sequence number.
-    pub outbox: Option<(i64, i64)>,
+    /// For durable events: the room's sequence number, its outbox key.
+    pub outbox: Option<i64>,
 }
 
 impl Event {
@@ -103,6 +103,13 @@ impl Event {
         }
     }
 
+    /// `data` without the document: what a room metadata write keeps in the
+    /// outbox, where the room row holds the document
+    /// ([`crate::db::outbox::PendingRow`]).
+    pub fn without_document(&self) -> impl serde::Serialize + Sync + '_ {
+        WithoutDocument(&self.data)
+    }
+
     /// The JSON of `data` without its closing brace, so a Lua script can
     /// append fields only it knows (the occupancy after the change) without
     /// decoding, and so without re-encoding, the user's document.
@@ -113,17 +120,40 @@ impl Event {
     }
 }
 
+/// Serializes an event's data without its `metadata`.
+struct WithoutDocument<'a>(&'a Value);
+
+impl serde::Serialize for WithoutDocument<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in fields.iter().filter(|(key, _)| *key != "metadata") {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
 /// Appends events of changes that already happened to their rooms' streams,
 /// in order, waking every instance's feeds (and invalidating their cached
-/// room documents; this instance's at once). Durable events go through the
-/// sequence guard and, once in Redis, are marked published in the outbox.
+/// room documents; this instance's at once, except for a metadata write's,
+/// whose writer stores the new document itself). Durable events go through the
+/// sequence guard and, once in Redis, are deleted from the outbox.
 /// A Redis failure is logged, not returned: durable events wait in the
 /// outbox for the relay; ephemeral ones are lost with the outage, which
 /// stream clients learn from the `sync` they get when it ends.
 pub async fn publish(state: &AppState, events: &[Event]) {
     // Before the caller answers, whatever becomes of the appends: a GET on
     // this instance must not serve what these changes replaced.
-    for event in events.iter().filter(|event| event.outbox.is_some()) {
+    let document_changed = |event: &&Event| {
+        event.outbox.is_some()
+            && event.kind.starts_with("room.")
+            && !event.kind.starts_with("room.metadata.")
+    };
+    for event in events.iter().filter(document_changed) {
         state.documents.invalidate(&event.room);
     }
     for event in events {
@@ -138,7 +168,7 @@ async fn publish_one(state: &AppState, event: &Event) -> Result<(), Error> {
     let history = state.settings.presence.event_history;
     let mut redis = state.redis.clone();
     match event.outbox {
-        Some((id, seq)) => {
+        Some(seq) => {
             let row = relay::Row {
                 seq,
                 kind: event.kind,
@@ -146,7 +176,7 @@ async fn publish_one(state: &AppState, event: &Event) -> Result<(), Error> {
             };
             let results = relay::append_durable(state, &event.room, &[row], false).await?;
             match results.first() {
-                Some(0..) => state.outbox_marks.mark(id),
+                Some(0..) => state.outbox_marks.mark(&event.room, seq),
                 // Held back: an earlier event is missing; append it first.
                 Some(_) => relay::catch_up(state, &event.room, seq).await?,
                 None => {}

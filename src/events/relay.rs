@@ -1,7 +1,8 @@
 //! Getting durable events from the outbox into Redis exactly once and in
-//! order: the sequence-guarded append, the batched "published" marks, and
-//! the relay that appends what an inline publish missed (the process died
-//! after the commit, or Redis was down).
+//! order: the sequence-guarded append, the batched deletes of published
+//! rows, and the relay that appends what an inline publish missed (the
+//! process died after the commit, or Redis was down) and sets aside what it
+//! cannot append.
 
 use std::time::Duration;
 
@@ -19,11 +20,14 @@ const RELAY_INTERVAL: Duration = Duration::from_secs(1);
 const RELAY_MIN_AGE: Duration = Duration::from_secs(2);
 /// Rows relayed per round.
 const RELAY_BATCH: i64 = 500;
-/// Published marks buffered before they are dropped (the relay then
-/// re-appends those rows, which the sequence guard turns into no-ops).
+/// Published rows buffered for deletion before they are dropped (the relay
+/// then re-appends those rows, which the sequence guard turns into no-ops).
 const MARKS_BUFFER: usize = 10_000;
-/// Marks written per UPDATE.
+/// Rows deleted per statement.
 const MARKS_BATCH: usize = 1_000;
+/// How long the first published row waits for others to share its DELETE:
+/// one statement (and one commit) per batch, not per write.
+const MARKS_LINGER: Duration = Duration::from_millis(50);
 
 /// One durable event to append.
 pub struct Row<'a> {
@@ -74,49 +78,53 @@ pub async fn catch_up(state: &AppState, room: &str, seq: i64) -> Result<(), Erro
     let results = append_durable(state, room, &appendable(&rows), true).await?;
     for (row, result) in rows.iter().zip(results) {
         if result >= 0 {
-            state.outbox_marks.mark(row.id);
+            state.outbox_marks.mark(room, row.seq);
         }
     }
     Ok(())
 }
 
-/// Marks outbox rows published, in batches, off the request path.
+/// Deletes published outbox rows, in batches, off the request path.
 #[derive(Clone)]
 pub struct OutboxMarks {
-    sender: mpsc::Sender<i64>,
+    sender: mpsc::Sender<(String, i64)>,
 }
 
 impl OutboxMarks {
     /// Starts the flusher for `db`; it ends with the lifecycle.
     pub fn spawn(db: sqlx::PgPool, lifecycle: Lifecycle) -> Self {
-        let (sender, mut receiver) = mpsc::channel::<i64>(MARKS_BUFFER);
+        let (sender, mut receiver) = mpsc::channel::<(String, i64)>(MARKS_BUFFER);
         tokio::spawn(async move {
             loop {
                 let first = tokio::select! {
                     () = lifecycle.stopped() => return,
-                    id = receiver.recv() => match id {
-                        Some(id) => id,
+                    mark = receiver.recv() => match mark {
+                        Some(mark) => mark,
                         None => return,
                     },
                 };
-                let mut ids = vec![first];
-                while ids.len() < MARKS_BATCH {
-                    match receiver.try_recv() {
-                        Ok(id) => ids.push(id),
-                        Err(_) => break,
+                let (mut rooms, mut seqs) = (vec![first.0], vec![first.1]);
+                let linger = tokio::time::Instant::now() + MARKS_LINGER;
+                while rooms.len() < MARKS_BATCH {
+                    match tokio::time::timeout_at(linger, receiver.recv()).await {
+                        Ok(Some((room, seq))) => {
+                            rooms.push(room);
+                            seqs.push(seq);
+                        }
+                        _ => break,
                     }
                 }
-                if let Err(err) = outbox::mark_published(&db, &ids).await {
-                    tracing::warn!(error = %err, "outbox marks lost; the relay will re-check those rows");
+                if let Err(err) = outbox::delete_published(&db, &rooms, &seqs).await {
+                    tracing::warn!(error = %err, "published outbox rows not deleted; the relay will re-check them");
                 }
             }
         });
         Self { sender }
     }
 
-    /// Queues a mark; never waits.
-    pub fn mark(&self, id: i64) {
-        let _ = self.sender.try_send(id);
+    /// Queues the deletion of the room's row at `seq`; never waits.
+    pub fn mark(&self, room: &str, seq: i64) {
+        let _ = self.sender.try_send((room.to_owned(), seq));
     }
 }
 
@@ -138,39 +146,85 @@ pub fn spawn(state: AppState) {
     });
 }
 
-/// Outbox rows as the append script takes them.
+/// Outbox rows as the append script takes them: a row whose event cannot
+/// be told exactly any more is a gap, which its streams answer with a sync.
 fn appendable(rows: &[PendingRow]) -> Vec<Row<'_>> {
     rows.iter()
-        .map(|row| Row {
-            seq: row.seq,
-            kind: &row.event_type,
-            data: row.payload.clone(),
+        .map(|row| match &row.payload {
+            Some(payload) => Row {
+                seq: row.seq,
+                kind: &row.event_type,
+                data: payload.clone(),
+            },
+            None => Row {
+                seq: row.seq,
+                kind: scripts::GAP,
+                data: "{}".to_owned(),
+            },
         })
         .collect()
 }
 
+/// Whether Redis refused the append itself (a script error, a key of the
+/// wrong type), so that trying again cannot help, as opposed to an outage.
+fn cannot_append(err: &redis::RedisError) -> bool {
+    matches!(err.code(), Some("ERR" | "WRONGTYPE"))
+}
+
 /// Appends every unpublished outbox row old enough to have missed its inline
-/// publish, in each room's sequence order, and marks them published.
-/// Returns how many rows it handled.
+/// publish, in each room's sequence order, and deletes them from the outbox.
+/// Returns how many rows it handled (appended or set aside).
 pub async fn relay_once(state: &AppState) -> Result<usize, Error> {
     let rows = outbox::pending(&state.db, RELAY_MIN_AGE.as_millis() as i64, RELAY_BATCH).await?;
-    let mut handled = Vec::with_capacity(rows.len());
+    let (mut rooms, mut seqs) = (Vec::new(), Vec::new());
+    let mut quarantined = 0;
     for group in rows.chunk_by(|a, b| a.room == b.room) {
         let room = &group[0].room;
         // Forced: these rows are the oldest unpublished of their room, so a
         // gap before them can only be rows that no longer exist. A room
         // whose append fails waits for the next round; the others go on.
         match append_durable(state, room, &appendable(group), true).await {
-            Ok(_) => handled.extend(group.iter().map(|row| row.id)),
+            Ok(_) => {
+                rooms.extend(group.iter().map(|row| row.room.clone()));
+                seqs.extend(group.iter().map(|row| row.seq));
+            }
+            Err(err) if cannot_append(&err) => {
+                quarantined += quarantine(state, room, group, &err).await?;
+            }
             Err(err) => {
                 crate::metrics::relay_failed();
-                tracing::error!(error = %err, room_id = %room, rows = group.len(), "cannot relay a room's outbox events; retrying next round");
+                tracing::warn!(error = %err, room_id = %room, rows = group.len(), "cannot relay a room's outbox events now; retrying next round");
             }
         }
     }
-    if !handled.is_empty() {
-        outbox::mark_published(&state.db, &handled).await?;
-        tracing::info!(rows = handled.len(), "relayed outbox events to Redis");
+    if !rooms.is_empty() {
+        outbox::delete_published(&state.db, &rooms, &seqs).await?;
+        tracing::info!(rows = rooms.len(), "relayed outbox events to Redis");
     }
-    Ok(handled.len())
+    Ok(rooms.len() + quarantined)
+}
+
+/// Sets aside rows Redis refuses to append, so they never hold up their
+/// room again, and tells the room's streams to start again from a snapshot
+/// (a gap at the last of them; should that fail too, the room's next event
+/// finds the sequence behind it and writes the gap itself).
+async fn quarantine(
+    state: &AppState,
+    room: &str,
+    group: &[PendingRow],
+    err: &redis::RedisError,
+) -> Result<usize, Error> {
+    let last = group.last().map_or(0, |row| row.seq);
+    let moved = outbox::quarantine(&state.db, room, last, &err.to_string()).await?;
+    crate::metrics::relay_quarantined(group.len());
+    tracing::error!(error = %err, room_id = %room, rows = group.len(), "Redis refuses a room's outbox events; set aside in outbox_quarantine, its streams resync");
+    let gap = Row {
+        seq: last,
+        kind: scripts::GAP,
+        data: "{}".to_owned(),
+    };
+    if let Err(err) = append_durable(state, room, &[gap], true).await {
+        tracing::warn!(error = %err, room_id = %room, "no gap written for the set-aside events");
+    }
+    Ok(moved as usize)
 }

@@ -87,9 +87,8 @@ pub async fn sweep(state: &AppState) -> Result<usize, Error> {
 /// - a session Redis has but Postgres never recorded (its starter died) is
 ///   recorded, and one Postgres has ended has its members evicted.
 ///
-/// Also prunes outbox rows past the event retention. A room that cannot be
-/// repaired is logged and skipped, so it never holds up the others (nor the
-/// pruning); an error is returned only when a whole step could not run.
+/// A room that cannot be repaired is logged and skipped, so it never holds
+/// up the others; an error is returned only when a whole step could not run.
 pub async fn reconcile(state: &AppState) -> Result<(), Error> {
     let mut failed = None;
     match db::sessions::all_active(&state.db).await {
@@ -119,14 +118,6 @@ pub async fn reconcile(state: &AppState) -> Result<(), Error> {
             }
         }
         Err(err) => failed = Some(err.into()),
-    }
-    let pruned = async {
-        let mut conn = state.db.acquire().await?;
-        let retention = state.settings.presence.event_retention.as_secs() as i64;
-        db::outbox::prune(&mut conn, retention).await
-    };
-    if let Err(err) = pruned.await {
-        failed = Some(err.into());
     }
     failed.map_or(Ok(()), Err)
 }

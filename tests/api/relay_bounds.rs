@@ -1,7 +1,7 @@
 //! An event path no payload can poison: the relay passes payloads on as
-//! text and relays each room from its lowest unpublished row, pruning keeps
-//! what was never published, and an event is never larger than a document
-//! may be.
+//! text, relays each room from its lowest unpublished row, tells streams to
+//! resync where it cannot tell an event exactly, sets aside what Redis
+//! refuses, and an event is never larger than a document may be.
 
 use axum::http::StatusCode;
 use metacast::events::relay::relay_once;
@@ -75,28 +75,76 @@ async fn rows_committed_out_of_start_order_reach_the_stream_in_sequence_order(po
     assert_eq!(versions, [1, 2]);
 }
 
-/// Seen failing before: pruning deleted rows the relay had not yet
-/// appended, which streams then never saw.
-#[sqlx::test]
-async fn pruning_keeps_what_was_never_published(pool: PgPool) {
-    let app = TestApp::new(pool).await;
-    unpublished_row(&app, "old", 1, 7200, &payload("old", 1)).await;
-    unpublished_row(&app, "old", 2, 7200, &payload("old", 2)).await;
-    sqlx::query("update outbox set published_at = now() where seq = 1")
-        .execute(&app.state.db)
-        .await
-        .unwrap();
+/// Commits a metadata write the way `store_metadata` does (the outbox row
+/// without the document), as if the process died right after the commit.
+async fn orphan_write(app: &TestApp, room: &str, n: i64) {
+    let (seq, version): (i64, i64) = sqlx::query_as(
+        "update rooms set metadata = jsonb_build_object('n', $2::bigint),
+                version = version + 1, event_seq = event_seq + 1
+         where id = $1 returning event_seq, version",
+    )
+    .bind(room)
+    .bind(n)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    let without_document = json!({"room": room, "actor": "ghost", "version": version, "patch": {"n": n}, "strategy": "merge"});
+    unpublished_row(app, room, seq, 10, &without_document.to_string()).await;
+}
 
-    let mut conn = app.state.db.acquire().await.unwrap();
+/// A relayed metadata event gets its document back from the room row; one
+/// whose room has moved on since cannot be told exactly and becomes a gap,
+/// which streams answer with a sync.
+#[sqlx::test]
+async fn a_relayed_write_is_whole_or_a_gap(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create_room("lost", json!({})).await;
+    orphan_write(&app, "lost", 1).await;
+    orphan_write(&app, "lost", 2).await;
+
+    assert_eq!(relay_once(&app.state).await.unwrap(), 2);
+    let events = app.events("lost").await;
+    let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
     assert_eq!(
-        metacast::db::outbox::prune(&mut conn, 3600).await.unwrap(),
-        1
+        kinds,
+        ["room.metadata.updated", "gap", "room.metadata.updated"]
     );
-    let left: Vec<i64> = sqlx::query_scalar("select seq from outbox")
-        .fetch_all(&app.state.db)
+    let last = &events[2].1;
+    assert_eq!(last["metadata"], json!({"n": 2}), "{last}");
+    assert_eq!(last["patch"], json!({"n": 2}));
+    assert_eq!(last["version"], 3);
+}
+
+/// Rows Redis refuses to append are set aside, once, and hold up no room.
+#[sqlx::test]
+async fn rows_redis_refuses_are_set_aside(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let mut redis = app.state.redis.clone();
+    // Not a stream: every append to it fails with WRONGTYPE.
+    let _: () = redis::cmd("SET")
+        .arg(app.state.redis_keys.room_events("broken"))
+        .arg("x")
+        .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(left, [2]);
+    unpublished_row(&app, "broken", 1, 10, &payload("broken", 1)).await;
+    unpublished_row(&app, "plain", 1, 10, &payload("plain", 1)).await;
+
+    assert_eq!(relay_once(&app.state).await.unwrap(), 2);
+    assert_eq!(app.events("plain").await.len(), 1);
+    let set_aside: Vec<(String, i64, String)> =
+        sqlx::query_as("select room, seq, error from outbox_quarantine")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(set_aside.len(), 1, "{set_aside:?}");
+    assert_eq!((set_aside[0].0.as_str(), set_aside[0].1), ("broken", 1));
+    assert!(set_aside[0].2.contains("WRONGTYPE"), "{set_aside:?}");
+    assert_eq!(
+        relay_once(&app.state).await.unwrap(),
+        0,
+        "never tried again"
+    );
 }
 
 async fn last_event(app: &TestApp, room: &str) -> Value {
