@@ -3,9 +3,9 @@
 //!
 //! The cursor (the SSE id, see [`cursor`]) holds a position for the
 //! connection's own topic and each room, so a reconnect resumes every room
-//! exactly; a room whose history cannot cover the gap, that was joined
-//! while the client was away, or that the cursor does not name, gets its
-//! own snapshot in a `sync`.
+//! exactly; a room whose history cannot cover the gap (or holds a `gap`
+//! entry), that was joined while the client was away, or that the cursor
+//! does not name, gets its own snapshot in a `sync`.
 //!
 //! A room the stream's caller may not read (a join-only member) shows only
 //! the connection's own membership: no snapshot in a `sync`, and of its
@@ -225,6 +225,13 @@ impl ConnStream {
                 _ => stale.push(topic),
             }
         }
+        // A room whose history since the cursor holds a gap (events Redis
+        // lost, or one the outbox could no longer tell exactly) starts
+        // again from a snapshot instead.
+        let (gapped, replay): (Vec<_>, Vec<_>) = replay.into_iter().partition(|(topic, events)| {
+            *topic != self.own && events.iter().any(|event| event.kind == scripts::GAP)
+        });
+        stale.extend(gapped.into_iter().map(|(topic, _)| topic));
         let mut frames = Vec::new();
         if !stale.is_empty() || last_id.is_none() {
             crate::metrics::stream_sync("start");
@@ -272,6 +279,9 @@ impl ConnStream {
     /// The frames for one stored event of `topic`; membership markers on
     /// the connection's own topic start or stop following a room.
     async fn deliver(&mut self, topic: &str, event: &StoredEvent) -> Result<Vec<Bytes>, Error> {
+        if topic != self.own && event.kind == scripts::GAP {
+            return self.resync_room(topic, event).await;
+        }
         if topic != self.own || !event.kind.starts_with("membership.") {
             return Ok(self.frame(topic, event).into_iter().collect());
         }
@@ -321,6 +331,21 @@ impl ConnStream {
         Some(frame::encode(&self.cursor(), &event.kind, &event.data))
     }
 
+    /// A gap in a room's events: what it stood for cannot be told, so the
+    /// room starts again from a `sync` of its own (a room the connection
+    /// has left is past caring).
+    async fn resync_room(&mut self, room: &str, gap: &StoredEvent) -> Result<Vec<Bytes>, Error> {
+        let seen = self
+            .positions
+            .get(room)
+            .is_some_and(|at| gap.position <= *at);
+        if seen || self.left.contains_key(room) {
+            return Ok(Vec::new());
+        }
+        crate::metrics::stream_sync("gap");
+        Ok(vec![self.sync(&[room.to_owned()]).await?])
+    }
+
     fn view(&self, room: &str) -> RoomView {
         policy::room_view(&self.viewer, room)
     }
@@ -356,8 +381,7 @@ impl ConnStream {
             .as_ref()
             .is_some_and(|data| data["connection_id"] == self.id.as_str());
         match (kind, own, self.left.get(topic)) {
-            // Redis lost events of the room (see `APPEND_DURABLE`); a room
-            // stream answers it with a `sync`, this one does not yet.
+            // Answered with a `sync` before it gets here (`resync_room`).
             (crate::cache::scripts::GAP, _, _) => false,
             // It comes once, from the connection's own topic.
             ("connection.metadata.updated", true, _) => false,

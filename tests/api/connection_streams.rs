@@ -235,3 +235,50 @@ async fn only_the_owner_may_open_it(pool: PgPool) {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Makes the room's Redis stream forget its last durable event and the
+/// sequence that recorded it (a failover that rolled Redis back), so the
+/// next durable append writes a `gap` first.
+async fn roll_back_last_durable_event(app: &TestApp, room: &str) {
+    let keys = app.state.redis_keys.clone();
+    let mut redis = app.state.redis.clone();
+    let _: i64 = redis::cmd("DECRBY")
+        .arg(keys.room_published_seq(room))
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+/// Seen failing before: the stream skipped the gap and went on with the
+/// room's next event as if nothing were missing.
+#[sqlx::test]
+async fn a_gap_in_a_rooms_events_resyncs_that_room(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let base = app.listen().await;
+    let token = app.admin();
+    let id = connect_with_ttl(&app, &token, 30).await;
+    app.join(&token, "lobby", &id).await;
+    let mut stream = open(&base, &id, &token, None).await;
+    let first = stream.expect("sync").await;
+
+    app.patch_room("lobby", json!({"n": 1})).await;
+    stream.expect("room.metadata.updated").await;
+    roll_back_last_durable_event(&app, "lobby").await;
+    app.patch_room("lobby", json!({"n": 2})).await;
+    let live = stream.expect("sync").await;
+    assert_eq!(
+        live.data["rooms"]["lobby"]["metadata"],
+        json!({"n": 2}),
+        "{live:?}"
+    );
+
+    // Resuming from before the gap: that room starts from a snapshot too.
+    let mut resumed = open(&base, &id, &token, Some(&first.id)).await;
+    let sync = resumed.expect("sync").await;
+    assert_eq!(
+        sync.data["rooms"]["lobby"]["metadata"],
+        json!({"n": 2}),
+        "{sync:?}"
+    );
+}
