@@ -9,11 +9,16 @@ use tokio::net::TcpListener;
 use crate::auth::JwtKeys;
 use crate::cache::Redis;
 use crate::config::Settings;
+use crate::db::metadata_batch::MetadataBatches;
 use crate::document::DocumentCache;
 use crate::events::hub::Hub;
 use crate::events::relay::OutboxMarks;
 use crate::lifecycle::Lifecycle;
 use crate::state::AppState;
+
+/// Lanes of room metadata batches: each keeps one Postgres connection, and
+/// two let one batch fill while the other is in Postgres.
+const METADATA_LANES: usize = 2;
 
 /// Assembles the shared state from already-connected stores.
 pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Result<AppState> {
@@ -31,6 +36,7 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
         documents.clone(),
     );
     let outbox_marks = OutboxMarks::spawn(db.clone(), lifecycle.clone());
+    let metadata_batches = MetadataBatches::spawn(db.clone(), METADATA_LANES, lifecycle.clone());
     Ok(AppState {
         bounds: crate::bounds::Bounds::new(&settings),
         db,
@@ -42,6 +48,7 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
         hub,
         documents,
         outbox_marks,
+        metadata_batches,
         metrics: crate::metrics::handle(),
     })
 }

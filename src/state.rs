@@ -10,6 +10,7 @@ use crate::auth::JwtKeys;
 use crate::bounds::Bounds;
 use crate::cache::{Keys, Redis};
 use crate::config::Settings;
+use crate::db::metadata_batch::MetadataBatches;
 use crate::document::DocumentCache;
 use crate::events::hub::Hub;
 use crate::events::relay::OutboxMarks;
@@ -28,8 +29,10 @@ pub struct AppState {
     pub hub: Hub,
     /// Recently read room documents (see [`DocumentCache`] for coherence).
     pub documents: Arc<DocumentCache>,
-    /// Batches "published" marks for outbox rows.
+    /// Batches the deletes of published outbox rows.
     pub outbox_marks: OutboxMarks,
+    /// Room metadata compare-and-sets, many per statement.
+    pub metadata_batches: MetadataBatches,
     pub metrics: PrometheusHandle,
     /// What one client's requests may hold of this instance's capacity.
     pub bounds: Bounds,

@@ -7,12 +7,14 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::sessions::SessionOut;
 use crate::auth::{Delete, Read, RoomAccess, WriteRoom};
+use crate::db::metadata_batch::StoreMetadata;
 use crate::db::rooms::{self as db, RoomRow};
 use crate::db::sessions;
 use crate::document::cache::{CachedDocument, Lookup};
@@ -430,42 +432,40 @@ async fn write_metadata(
     absent: Absent,
 ) -> Result<(CachedDocument, bool), Error> {
     if absent == Absent::NotFound {
-        // One connection for every statement: sqlx pings each connection
-        // it takes back, a round trip per checkout.
-        let mut conn = state.db.acquire().await?;
         let mut from_cache = cached(state, room);
         for _ in 0..UNLOCKED_ATTEMPTS + usize::from(from_cache.is_some()) {
             let was_cached = from_cache.is_some();
             let current = match from_cache.take() {
                 Some(current) => current,
-                None => db::find(&mut *conn, room.as_str())
+                None => db::find(&state.db, room.as_str())
                     .await?
                     .ok_or_else(|| room_not_found(room))?
                     .into(),
             };
-            let ticket = state.documents.ticket(room.as_str());
-            match store_write(
-                &mut *conn,
-                state,
-                room,
-                actor,
-                preconditions,
-                write,
-                current,
-            )
-            .await
-            {
-                Ok(Some((stored, event))) => {
-                    drop(conn);
-                    state
-                        .documents
-                        .store_written(room.as_str(), ticket, stored.clone());
-                    events::publish(state, std::slice::from_ref(&event)).await;
-                    return Ok((stored, false));
-                }
-                Ok(None) => {}
-                Err(Error::Client { .. }) if was_cached => {}
+            let prepared = match prepare(state, room, actor, preconditions, write, &current) {
+                Ok(prepared) => prepared,
+                Err(Error::Client { .. }) if was_cached => continue,
                 Err(err) => return Err(err),
+            };
+            let ticket = state.documents.ticket(room.as_str());
+            let stored = state
+                .metadata_batches
+                .store(StoreMetadata {
+                    room: room.as_str().to_owned(),
+                    metadata: prepared.json.clone(),
+                    read_version: current.version,
+                    read_row: current.row,
+                    kind: prepared.event.kind,
+                    payload: prepared.payload.clone(),
+                })
+                .await?;
+            if let Some(stored) = stored {
+                let (stored, event) = prepared.stored(stored);
+                state
+                    .documents
+                    .store_written(room.as_str(), ticket, stored.clone());
+                events::publish(state, std::slice::from_ref(&event)).await;
+                return Ok((stored, false));
             }
         }
     }
@@ -478,19 +478,20 @@ async fn write_metadata(
             .ok_or_else(|| room_not_found(room))?,
     };
     let exists = row.is_live();
+    let current = Current::from(row);
+    let prepared = prepare(state, room, actor, preconditions, write, &current)?;
     let ticket = state.documents.ticket(room.as_str());
-    let (stored, event) = store_write(
+    let stored = db::store_metadata(
         &mut *tx,
-        state,
-        room,
-        actor,
-        preconditions,
-        write,
-        row.into(),
+        room.as_str(),
+        &prepared.json,
+        (current.version, current.live, current.row),
+        (prepared.event.kind, &prepared.payload),
     )
     .await?
     .ok_or_else(|| anyhow::anyhow!("room {room} changed under its row lock"))?;
     tx.commit().await?;
+    let (stored, event) = prepared.stored(stored);
     state
         .documents
         .store_written(room.as_str(), ticket, stored.clone());
@@ -498,21 +499,45 @@ async fn write_metadata(
     Ok((stored, !exists))
 }
 
-/// Applies `write` to `current` and stores the result with its event,
-/// unless the row moved on since it was read (`None`).
-async fn store_write(
-    executor: impl sqlx::PgExecutor<'_>,
+/// A write applied to the document it started from, ready to store.
+struct Prepared {
+    /// The new document.
+    json: Box<RawValue>,
+    version: i64,
+    event: Event,
+    /// The event as the outbox keeps it (without the document).
+    payload: Box<RawValue>,
+}
+
+impl Prepared {
+    /// The document as stored (at the event's sequence number `seq` and
+    /// row version `row`), and its event.
+    fn stored(mut self, (seq, row): (i64, i64)) -> (CachedDocument, Event) {
+        self.event.outbox = Some(seq);
+        let stored = CachedDocument {
+            version: self.version,
+            json: bytes::Bytes::copy_from_slice(self.json.get().as_bytes()),
+            seq,
+            row,
+        };
+        (stored, self.event)
+    }
+}
+
+/// Applies `write` to `current`: checks the preconditions and limits, and
+/// builds the event.
+fn prepare(
     state: &AppState,
     room: &RoomId,
     actor: &str,
     preconditions: &Preconditions,
     write: &Write,
-    current: Current,
-) -> Result<Option<(CachedDocument, Event)>, Error> {
+    current: &Current,
+) -> Result<Prepared, Error> {
     let existing = current.live.then_some((&current.metadata, current.version));
     let document = write.apply_checked(existing, preconditions, &state.settings.limits)?;
     let version = current.version + 1;
-    let mut event = if write.is_reset() {
+    let event = if write.is_reset() {
         Event::new(
             "room.metadata.deleted",
             room.as_str(),
@@ -531,24 +556,14 @@ async fn store_write(
         )
     };
     let json = serde_json::value::to_raw_value(&document).map_err(anyhow::Error::from)?;
-    let stored = db::store_metadata(
-        executor,
-        room.as_str(),
-        &json,
-        (current.version, current.live, current.row),
-        (event.kind, &event.without_document()),
-    )
-    .await?;
-    Ok(stored.map(|(seq, row)| {
-        event.outbox = Some(seq);
-        let stored = CachedDocument {
-            version,
-            json: bytes::Bytes::copy_from_slice(json.get().as_bytes()),
-            seq,
-            row,
-        };
-        (stored, event)
-    }))
+    let payload =
+        serde_json::value::to_raw_value(&event.without_document()).map_err(anyhow::Error::from)?;
+    Ok(Prepared {
+        json,
+        version,
+        event,
+        payload,
+    })
 }
 
 /// A written document, as stored, with its version.

@@ -1,6 +1,7 @@
 //! Postgres: the pool, database creation, migrations, and the queries of each
 //! resource (one module per table).
 
+pub mod metadata_batch;
 pub mod outbox;
 pub mod rooms;
 pub mod sessions;

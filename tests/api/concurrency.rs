@@ -36,6 +36,49 @@ async fn concurrent_merges_keep_every_key(pool: PgPool) {
     assert_eq!(read.version(), WRITERS as i64 + 1);
 }
 
+/// Writes to several rooms at once share statements (and one room's writes
+/// can meet in one): every key lands in its room, each event once, in
+/// version order.
+#[sqlx::test]
+async fn concurrent_merges_across_rooms_keep_every_key(pool: PgPool) {
+    const ROOMS: usize = 5;
+    let app = TestApp::new(pool).await;
+    let token = app.admin();
+    for room in 0..ROOMS {
+        app.create_room(&format!("r{room}"), json!({})).await;
+        // Cached on this instance: the writes start from the cache.
+        app.get(&format!("/v1/rooms/r{room}/metadata"))
+            .bearer(&token)
+            .send()
+            .await;
+    }
+    let writes = (0..WRITERS).map(|i| {
+        app.patch(&format!("/v1/rooms/r{}/metadata", i % ROOMS))
+            .bearer(&token)
+            .json(&json!({ format!("key{i}"): i }))
+            .send()
+    });
+    for response in join_all(writes).await {
+        assert_eq!(response.status, StatusCode::OK, "{response:?}");
+    }
+    for room in 0..ROOMS {
+        let read = app
+            .get(&format!("/v1/rooms/r{room}/metadata"))
+            .bearer(&token)
+            .send()
+            .await;
+        assert_eq!(read.json().as_object().unwrap().len(), WRITERS / ROOMS);
+        let versions: Vec<i64> = app
+            .events(&format!("r{room}"))
+            .await
+            .iter()
+            .map(|(_, data)| data["version"].as_i64().unwrap())
+            .collect();
+        let expected: Vec<i64> = (1..=(WRITERS / ROOMS) as i64 + 1).collect();
+        assert_eq!(versions, expected, "room r{room}");
+    }
+}
+
 #[sqlx::test]
 async fn concurrent_compare_and_set_never_loses_a_write(pool: PgPool) {
     let app = TestApp::new(pool).await;
