@@ -9,13 +9,6 @@ alter table outbox drop column id;
 alter table outbox drop constraint outbox_room_seq_key;
 alter table outbox add primary key (room, seq);
 
--- A room metadata write's row carries its event without the document, which
--- the room row holds: whoever relays it puts the document back from the
--- room at the same version (or, if the room moved on, tells its streams to
--- start again from a snapshot).
-comment on column outbox.payload is
-    'The event''s data; for room.metadata.updated without "metadata", which is the room row''s at the event''s version';
-
 -- Rows the relay could not append, set aside so they never hold up their
 -- room or any other; the room's streams were told to resync.
 create table outbox_quarantine (

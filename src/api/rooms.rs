@@ -505,7 +505,7 @@ struct Prepared {
     json: Box<RawValue>,
     version: i64,
     event: Event,
-    /// The event as the outbox keeps it (without the document).
+    /// The event's data, as the outbox keeps it.
     payload: Box<RawValue>,
 }
 
@@ -556,8 +556,7 @@ fn prepare(
         )
     };
     let json = serde_json::value::to_raw_value(&document).map_err(anyhow::Error::from)?;
-    let payload =
-        serde_json::value::to_raw_value(&event.without_document()).map_err(anyhow::Error::from)?;
+    let payload = serde_json::value::to_raw_value(&event.data).map_err(anyhow::Error::from)?;
     Ok(Prepared {
         json,
         version,

@@ -33,36 +33,26 @@ pub async fn record(conn: &mut PgConnection, event: &mut Event) -> sqlx::Result<
     Ok(())
 }
 
-/// An outbox row not yet known to be in Redis, its event as the relay
-/// appends it: the text Postgres holds, passed on undecoded (no payload,
-/// however deep a client made it, can fail the relay), with a metadata
-/// write's document put back from the room row. `payload` is `None` when
-/// that document is gone (the room moved on to a later version): the event
-/// cannot be told exactly, and the stream gets a gap in its place.
+/// An outbox row not yet known to be in Redis. Its payload is the text
+/// Postgres holds, passed on to Redis undecoded: no payload, however deep a
+/// client made it, can fail the relay.
 #[derive(Debug, Clone, FromRow)]
 pub struct PendingRow {
     pub room: String,
     pub seq: i64,
     pub event_type: String,
-    pub payload: Option<String>,
+    pub payload: String,
     pub created_at: DateTime<Utc>,
 }
 
-/// The SELECT of pending rows; `filter` narrows `outbox o`.
+/// The SELECT of pending rows; `filter` narrows them.
 macro_rules! pending_rows {
     ($filter:literal) => {
         concat!(
-            "select o.room, o.seq, o.event_type, o.created_at,
-                    case when o.event_type <> 'room.metadata.updated' or o.payload ? 'metadata'
-                              then o.payload::text
-                         when r.version = (o.payload ->> 'version')::bigint
-                              then (o.payload || jsonb_build_object('metadata', r.metadata))::text
-                    end as payload
-             from outbox o
-             left join rooms r on r.id = o.room and r.deleted_at is null
+            "select room, seq, event_type, payload::text as payload, created_at from outbox
              where ",
             $filter,
-            " order by o.room, o.seq"
+            " order by room, seq"
         )
     };
 }
@@ -78,7 +68,7 @@ pub async fn pending(
 ) -> sqlx::Result<Vec<PendingRow>> {
     sqlx::query_as(concat!(
         pending_rows!(
-            "o.room in (
+            "room in (
                  select room from outbox
                  where created_at < now() - make_interval(secs => $1 / 1000.0)
              )"
@@ -97,7 +87,7 @@ pub async fn pending_in_room(
     room: &str,
     seq: i64,
 ) -> sqlx::Result<Vec<PendingRow>> {
-    sqlx::query_as(pending_rows!("o.room = $1 and o.seq <= $2"))
+    sqlx::query_as(pending_rows!("room = $1 and seq <= $2"))
         .bind(room)
         .bind(seq)
         .fetch_all(executor)

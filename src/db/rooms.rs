@@ -106,10 +106,9 @@ pub async fn lock_or_insert(conn: &mut PgConnection, id: &str) -> sqlx::Result<R
 /// or `None` when the row moved on (another write, a deletion): then
 /// nothing was written. A revived tombstone gets a fresh `created_at`.
 ///
-/// One statement and one new row version of the room, plus a small outbox
-/// row: the payload leaves the document out (the room row holds it, see
-/// [`crate::db::outbox::PendingRow`]). The statement is atomic on its own,
-/// so a caller holding no lock can use it as a compare-and-set.
+/// One statement, one new row version of the room and the outbox row. The
+/// statement is atomic on its own, so a caller holding no lock can use it
+/// as a compare-and-set; [`super::metadata_batch`] runs many in one.
 #[tracing::instrument(skip_all, fields(room_id = id, read_version))]
 pub async fn store_metadata(
     executor: impl PgExecutor<'_>,

@@ -103,13 +103,6 @@ impl Event {
         }
     }
 
-    /// `data` without the document: what a room metadata write keeps in the
-    /// outbox, where the room row holds the document
-    /// ([`crate::db::outbox::PendingRow`]).
-    pub fn without_document(&self) -> impl serde::Serialize + Sync + '_ {
-        WithoutDocument(&self.data)
-    }
-
     /// The JSON of `data` without its closing brace, so a Lua script can
     /// append fields only it knows (the occupancy after the change) without
     /// decoding, and so without re-encoding, the user's document.
@@ -117,23 +110,6 @@ impl Event {
         let mut text = self.data.to_string();
         text.pop();
         text
-    }
-}
-
-/// Serializes an event's data without its `metadata`.
-struct WithoutDocument<'a>(&'a Value);
-
-impl serde::Serialize for WithoutDocument<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let Value::Object(fields) = self.0 else {
-            return self.0.serialize(serializer);
-        };
-        let mut map = serializer.serialize_map(None)?;
-        for (key, value) in fields.iter().filter(|(key, _)| *key != "metadata") {
-            map.serialize_entry(key, value)?;
-        }
-        map.end()
     }
 }
 

@@ -146,21 +146,13 @@ pub fn spawn(state: AppState) {
     });
 }
 
-/// Outbox rows as the append script takes them: a row whose event cannot
-/// be told exactly any more is a gap, which its streams answer with a sync.
+/// Outbox rows as the append script takes them.
 fn appendable(rows: &[PendingRow]) -> Vec<Row<'_>> {
     rows.iter()
-        .map(|row| match &row.payload {
-            Some(payload) => Row {
-                seq: row.seq,
-                kind: &row.event_type,
-                data: payload.clone(),
-            },
-            None => Row {
-                seq: row.seq,
-                kind: scripts::GAP,
-                data: "{}".to_owned(),
-            },
+        .map(|row| Row {
+            seq: row.seq,
+            kind: &row.event_type,
+            data: row.payload.clone(),
         })
         .collect()
 }

@@ -264,6 +264,7 @@ async fn a_gap_in_a_rooms_events_resyncs_that_room(pool: PgPool) {
 
     app.patch_room("lobby", json!({"n": 1})).await;
     stream.expect("room.metadata.updated").await;
+    app.outbox_drained().await;
     roll_back_last_durable_event(&app, "lobby").await;
     app.patch_room("lobby", json!({"n": 2})).await;
     let live = stream.expect("sync").await;

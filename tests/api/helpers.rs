@@ -253,6 +253,23 @@ impl TestApp {
     }
 
     /// The events recorded in the room's Redis stream: `(type, data)`, oldest first.
+    /// Waits until every published outbox row is deleted (they go in
+    /// batches, off the request path): from then on, events Redis loses
+    /// are gone for good.
+    pub async fn outbox_drained(&self) {
+        for _ in 0..100 {
+            let left: i64 = sqlx::query_scalar("select count(*) from outbox")
+                .fetch_one(&self.state.db)
+                .await
+                .unwrap();
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("published outbox rows are never deleted");
+    }
+
     pub async fn events(&self, room: &str) -> Vec<(String, Value)> {
         crate::history::room_history(&self.state, room).await
     }

@@ -59,6 +59,7 @@ async fn the_relay_publishes_what_a_crash_left_behind_exactly_once(pool: PgPool)
     assert_eq!(status, StatusCode::OK);
     let mut stream = stream.unwrap();
     stream.expect("sync").await;
+    app.outbox_drained().await;
 
     orphan_event(&app, "lobby", 1).await;
     orphan_event(&app, "lobby", 2).await;

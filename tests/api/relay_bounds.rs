@@ -1,7 +1,7 @@
 //! An event path no payload can poison: the relay passes payloads on as
-//! text, relays each room from its lowest unpublished row, tells streams to
-//! resync where it cannot tell an event exactly, sets aside what Redis
-//! refuses, and an event is never larger than a document may be.
+//! text, relays each room from its lowest unpublished row, sets aside what
+//! Redis refuses (its streams resync), and an event is never larger than a
+//! document may be.
 
 use axum::http::StatusCode;
 use metacast::events::relay::relay_once;
@@ -73,46 +73,6 @@ async fn rows_committed_out_of_start_order_reach_the_stream_in_sequence_order(po
         .map(|(_, data)| data["version"].as_i64().unwrap())
         .collect();
     assert_eq!(versions, [1, 2]);
-}
-
-/// Commits a metadata write the way `store_metadata` does (the outbox row
-/// without the document), as if the process died right after the commit.
-async fn orphan_write(app: &TestApp, room: &str, n: i64) {
-    let (seq, version): (i64, i64) = sqlx::query_as(
-        "update rooms set metadata = jsonb_build_object('n', $2::bigint),
-                version = version + 1, event_seq = event_seq + 1
-         where id = $1 returning event_seq, version",
-    )
-    .bind(room)
-    .bind(n)
-    .fetch_one(&app.state.db)
-    .await
-    .unwrap();
-    let without_document = json!({"room": room, "actor": "ghost", "version": version, "patch": {"n": n}, "strategy": "merge"});
-    unpublished_row(app, room, seq, 10, &without_document.to_string()).await;
-}
-
-/// A relayed metadata event gets its document back from the room row; one
-/// whose room has moved on since cannot be told exactly and becomes a gap,
-/// which streams answer with a sync.
-#[sqlx::test]
-async fn a_relayed_write_is_whole_or_a_gap(pool: PgPool) {
-    let app = TestApp::new(pool).await;
-    app.create_room("lost", json!({})).await;
-    orphan_write(&app, "lost", 1).await;
-    orphan_write(&app, "lost", 2).await;
-
-    assert_eq!(relay_once(&app.state).await.unwrap(), 2);
-    let events = app.events("lost").await;
-    let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
-    assert_eq!(
-        kinds,
-        ["room.metadata.updated", "gap", "room.metadata.updated"]
-    );
-    let last = &events[2].1;
-    assert_eq!(last["metadata"], json!({"n": 2}), "{last}");
-    assert_eq!(last["patch"], json!({"n": 2}));
-    assert_eq!(last["version"], 3);
 }
 
 /// Rows Redis refuses to append are set aside, once, and hold up no room.

@@ -407,6 +407,7 @@ async fn events_lost_by_a_rolled_back_redis_are_answered_with_a_sync(pool: PgPoo
         ids.push(stream.expect("room.metadata.updated").await.id);
     }
     drop(stream);
+    app.outbox_drained().await;
 
     // The failover: the last two events and their sequence are gone.
     let keys = app.state.redis_keys.clone();
