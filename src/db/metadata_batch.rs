@@ -22,8 +22,8 @@ use crate::lifecycle::Lifecycle;
 
 /// Writes one statement carries at most.
 const BATCH: usize = 64;
-/// Bytes of documents and events one statement carries at most (a single
-/// larger write goes alone). sqlx does not set `TCP_NODELAY`: a statement
+/// Bytes of documents and events one statement carries at most (a larger
+/// write runs on its own connection). sqlx does not set `TCP_NODELAY`: a statement
 /// larger than one TLS record (16 KiB) goes out in two writes, and the
 /// second waits for Postgres' delayed ACK of the first, ~40 ms.
 const BATCH_BYTES: usize = 12 * 1024;
