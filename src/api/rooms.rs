@@ -442,7 +442,11 @@ async fn write_metadata(
                     .ok_or_else(|| room_not_found(room))?
                     .into(),
             };
-            let prepared = match prepare(state, room, actor, preconditions, write, &current) {
+            let Prepared {
+                json,
+                payload,
+                written,
+            } = match prepare(state, room, actor, preconditions, write, &current) {
                 Ok(prepared) => prepared,
                 Err(Error::Client { .. }) if was_cached => continue,
                 Err(err) => return Err(err),
@@ -452,15 +456,15 @@ async fn write_metadata(
                 .metadata_batches
                 .store(StoreMetadata {
                     room: room.as_str().to_owned(),
-                    metadata: prepared.json.clone(),
+                    metadata: json,
                     read_version: current.version,
                     read_row: current.row,
-                    kind: prepared.event.kind,
-                    payload: prepared.payload.clone(),
+                    kind: written.event.kind,
+                    payload,
                 })
                 .await?;
             if let Some(stored) = stored {
-                let (stored, event) = prepared.stored(stored);
+                let (stored, event) = written.stored(stored);
                 state
                     .documents
                     .store_written(room.as_str(), ticket, stored.clone());
@@ -486,12 +490,12 @@ async fn write_metadata(
         room.as_str(),
         &prepared.json,
         (current.version, current.live, current.row),
-        (prepared.event.kind, &prepared.payload),
+        (prepared.written.event.kind, &prepared.payload),
     )
     .await?
     .ok_or_else(|| anyhow::anyhow!("room {room} changed under its row lock"))?;
     tx.commit().await?;
-    let (stored, event) = prepared.stored(stored);
+    let (stored, event) = prepared.written.stored(stored);
     state
         .documents
         .store_written(room.as_str(), ticket, stored.clone());
@@ -501,22 +505,28 @@ async fn write_metadata(
 
 /// A write applied to the document it started from, ready to store.
 struct Prepared {
-    /// The new document.
+    /// The new document and the event's data, as Postgres stores them.
     json: Box<RawValue>,
-    version: i64,
-    event: Event,
-    /// The event's data, as the outbox keeps it.
     payload: Box<RawValue>,
+    written: Written,
 }
 
-impl Prepared {
+/// What a write answers and publishes once stored.
+struct Written {
+    /// The new document's JSON text.
+    json: bytes::Bytes,
+    version: i64,
+    event: Event,
+}
+
+impl Written {
     /// The document as stored (at the event's sequence number `seq` and
     /// row version `row`), and its event.
     fn stored(mut self, (seq, row): (i64, i64)) -> (CachedDocument, Event) {
         self.event.outbox = Some(seq);
         let stored = CachedDocument {
             version: self.version,
-            json: bytes::Bytes::copy_from_slice(self.json.get().as_bytes()),
+            json: self.json,
             seq,
             row,
         };
@@ -558,9 +568,12 @@ fn prepare(
     let json = serde_json::value::to_raw_value(&document).map_err(anyhow::Error::from)?;
     let payload = serde_json::value::to_raw_value(&event.data).map_err(anyhow::Error::from)?;
     Ok(Prepared {
+        written: Written {
+            json: bytes::Bytes::copy_from_slice(json.get().as_bytes()),
+            version,
+            event,
+        },
         json,
-        version,
-        event,
         payload,
     })
 }

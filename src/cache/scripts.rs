@@ -556,8 +556,8 @@ return 1
 /// A forced append past a recorded sequence means Redis lost events it
 /// had (Postgres numbers a room's events without holes): a `gap` entry goes
 /// first, which every reader of the stream answers with a `sync`. A `gap`
-/// row (an event the outbox can no longer tell exactly) takes its place
-/// with no second gap before it.
+/// row (the relay's, for events it set aside) is appended with no second
+/// gap before it.
 ///
 /// This is what keeps the inline publish and the outbox relay from
 /// duplicating or reordering a room's durable events. With no sequence

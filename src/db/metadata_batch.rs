@@ -99,12 +99,6 @@ impl StoreMetadata {
     }
 }
 
-impl Queued {
-    fn bytes(&self) -> usize {
-        self.write.bytes()
-    }
-}
-
 async fn run_lane(pool: PgPool, mut receiver: mpsc::Receiver<Queued>, lifecycle: Lifecycle) {
     let mut conn: Option<PoolConnection<Postgres>> = None;
     // A write taken from the queue that did not fit the last batch.
@@ -120,16 +114,16 @@ async fn run_lane(pool: PgPool, mut receiver: mpsc::Receiver<Queued>, lifecycle:
                 },
             },
         };
-        let mut bytes = first.bytes();
+        let mut bytes = first.write.bytes();
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match receiver.try_recv() {
-                Ok(queued) if bytes + queued.bytes() > BATCH_BYTES => {
+                Ok(queued) if bytes + queued.write.bytes() > BATCH_BYTES => {
                     carried = Some(queued);
                     break;
                 }
                 Ok(queued) => {
-                    bytes += queued.bytes();
+                    bytes += queued.write.bytes();
                     batch.push(queued);
                 }
                 Err(_) => break,

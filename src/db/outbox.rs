@@ -45,18 +45,6 @@ pub struct PendingRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// The SELECT of pending rows; `filter` narrows them.
-macro_rules! pending_rows {
-    ($filter:literal) => {
-        concat!(
-            "select room, seq, event_type, payload::text as payload, created_at from outbox
-             where ",
-            $filter,
-            " order by room, seq"
-        )
-    };
-}
-
 /// Every pending row, in sequence order, of each room that has one older
 /// than `min_age_ms`. A room's rows go from its lowest pending one: a
 /// transaction that started earlier can commit a later sequence number, and
@@ -66,15 +54,15 @@ pub async fn pending(
     min_age_ms: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<PendingRow>> {
-    sqlx::query_as(concat!(
-        pending_rows!(
-            "room in (
-                 select room from outbox
-                 where created_at < now() - make_interval(secs => $1 / 1000.0)
-             )"
-        ),
-        " limit $2"
-    ))
+    sqlx::query_as(
+        "select room, seq, event_type, payload::text as payload, created_at from outbox
+         where room in (
+             select room from outbox
+             where created_at < now() - make_interval(secs => $1 / 1000.0)
+         )
+         order by room, seq
+         limit $2",
+    )
     .bind(min_age_ms as f64)
     .bind(limit)
     .fetch_all(executor)
@@ -87,11 +75,15 @@ pub async fn pending_in_room(
     room: &str,
     seq: i64,
 ) -> sqlx::Result<Vec<PendingRow>> {
-    sqlx::query_as(pending_rows!("room = $1 and seq <= $2"))
-        .bind(room)
-        .bind(seq)
-        .fetch_all(executor)
-        .await
+    sqlx::query_as(
+        "select room, seq, event_type, payload::text as payload, created_at from outbox
+         where room = $1 and seq <= $2
+         order by seq",
+    )
+    .bind(room)
+    .bind(seq)
+    .fetch_all(executor)
+    .await
 }
 
 /// How many rows wait for publication (a metric).

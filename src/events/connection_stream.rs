@@ -226,8 +226,8 @@ impl ConnStream {
             }
         }
         // A room whose history since the cursor holds a gap (events Redis
-        // lost, or one the outbox could no longer tell exactly) starts
-        // again from a snapshot instead.
+        // lost, or that the relay set aside) starts again from a snapshot
+        // instead.
         let (gapped, replay): (Vec<_>, Vec<_>) = replay.into_iter().partition(|(topic, events)| {
             *topic != self.own && events.iter().any(|event| event.kind == scripts::GAP)
         });
