@@ -5,13 +5,15 @@
 //! exactly [`super::rooms::store_metadata`] per row: a row that moved on
 //! stores nothing, and its writer reads Postgres and tries again.
 //!
-//! A lane keeps its connection while writes keep coming (sqlx pings a
-//! connection each time it goes back to the pool: one round trip per batch
-//! saved) and hands it back once its queue is empty. Each lane takes the
+//! A lane keeps its connection while writes keep coming and hands it back
+//! once none has come for [`LINGER`]: sqlx pings a connection each time it
+//! goes back to the pool, a round trip and a query for Postgres, which with
+//! one or two writes per batch cost about as much as the batch. Each lane takes the
 //! rooms that hash to it, so two lanes never wait for each other's row
 //! locks.
 
 use std::hash::BuildHasher;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sqlx::types::Json;
@@ -27,6 +29,8 @@ const BATCH: usize = 64;
 /// larger than one TLS record (16 KiB) goes out in two writes, and the
 /// second waits for Postgres' delayed ACK of the first, ~40 ms.
 const BATCH_BYTES: usize = 12 * 1024;
+/// How long an idle lane keeps its connection.
+const LINGER: Duration = Duration::from_millis(50);
 /// Writes waiting for a lane before callers wait to queue.
 const QUEUE: usize = 1024;
 
@@ -104,6 +108,13 @@ async fn run_lane(pool: PgPool, mut receiver: mpsc::Receiver<Queued>, lifecycle:
     // A write taken from the queue that did not fit the last batch.
     let mut carried: Option<Queued> = None;
     loop {
+        if carried.is_none() && conn.is_some() {
+            match tokio::time::timeout(LINGER, receiver.recv()).await {
+                Ok(Some(queued)) => carried = Some(queued),
+                Ok(None) => return,
+                Err(_) => conn = None,
+            }
+        }
         let first = match carried.take() {
             Some(queued) => queued,
             None => tokio::select! {
@@ -140,9 +151,6 @@ async fn run_lane(pool: PgPool, mut receiver: mpsc::Receiver<Queued>, lifecycle:
             Ok(stored) => {
                 for (queued, stored) in batch.into_iter().zip(stored) {
                     let _ = queued.reply.send(Ok(stored));
-                }
-                if carried.is_none() && receiver.is_empty() {
-                    conn = None;
                 }
             }
             Err(err) => {
