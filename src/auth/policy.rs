@@ -1,7 +1,7 @@
 //! Every permission decision, in one place. Handlers, streams and listings
 //! ask here before they touch data; nothing else compares grants.
 //!
-//! The rules (README, "Permissions"):
+//! The rules (docs/architecture.md, "Permissions"):
 //! - a room's content — metadata, session, occupants, its events — reaches
 //!   a caller by any path only with `read` on the room; `join` lets a
 //!   client be present, not read: a join-only member learns only its own

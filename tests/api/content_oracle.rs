@@ -1,4 +1,4 @@
-//! The permission oracle for content (SPEC §6, README "Permissions"):
+//! The permission oracle for content (SPEC §6, docs/architecture.md "Permissions"):
 //! every path that returns room content — documents, listings, filters,
 //! occupants, connections, the join answer, and streams opened by header,
 //! ticket and cookie — called by every role, must show a secret only to a
