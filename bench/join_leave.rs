@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
     settings.db_max_connections = 32;
 
     let state = metacast::app::connect(settings.clone()).await?;
-    let token = state.keys.mint(&TokenRequest {
+    let token = state.jwt_keys.mint(&TokenRequest {
         subject: "bench".into(),
         claim: MetacastClaim {
             admin: true,

@@ -43,7 +43,7 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
         redis,
         redis_keys,
         settings: Arc::new(settings),
-        keys: Arc::new(keys),
+        jwt_keys: Arc::new(keys),
         lifecycle,
         hub,
         documents,

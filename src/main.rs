@@ -77,7 +77,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = metacast::app::connect(settings).await?;
     let listener = metacast::app::bind(&state).await?;
     if args.dev {
-        print_dev_banner(&state.keys, listener.local_addr()?)?;
+        print_dev_banner(&state.jwt_keys, listener.local_addr()?)?;
     }
     metacast::app::serve(state, listener).await
 }

@@ -23,7 +23,8 @@ pub struct AppState {
     /// Names of this instance's Redis keys (under the configured prefix).
     pub redis_keys: Keys,
     pub settings: Arc<Settings>,
-    pub keys: Arc<JwtKeys>,
+    /// The keys tokens are verified (and, for `token` and tests, minted) with.
+    pub jwt_keys: Arc<JwtKeys>,
     pub lifecycle: Lifecycle,
     /// This instance's event fan-out to its stream subscribers.
     pub hub: Hub,
@@ -40,6 +41,6 @@ pub struct AppState {
 
 impl FromRef<AppState> for Arc<JwtKeys> {
     fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
+        state.jwt_keys.clone()
     }
 }

@@ -69,7 +69,7 @@ impl FromRequestParts<AppState> for StreamUser {
             return Ok(Self(AuthUser::from_request_parts(parts, state).await?));
         }
         match cookie(&parts.headers, TOKEN_COOKIE) {
-            Some(token) => Ok(Self(AuthUser::from_token(&state.keys, token)?)),
+            Some(token) => Ok(Self(AuthUser::from_token(&state.jwt_keys, token)?)),
             None => Err(Error::Unauthorized(
                 "a ticket, an Authorization: Bearer token or the metacast_token cookie is required"
                     .into(),

@@ -26,9 +26,9 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::SYSTEM_ACTOR;
 use super::cursor;
+use super::event_id::{StreamPosition, current_epoch};
 use super::frame;
 use super::hub::{Delivery, Feed, StoredEvent, read_after, retained, stream_end};
-use super::ids::{StreamPosition, current_epoch};
 use super::subscriber::snapshot;
 use crate::auth::AuthUser;
 use crate::auth::policy::{self, RoomView};

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::ids::{StreamPosition, topic_hash};
+use super::event_id::{StreamPosition, topic_hash};
 
 const VERSION: u8 = 1;
 /// The longest id written or read, in characters.

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, broadcast};
 
+use super::event_id::{EventId, StreamPosition, current_epoch, room_epoch};
 use super::frame;
-use super::ids::{EventId, StreamPosition, current_epoch, room_epoch};
 use crate::cache::{Keys, Redis};
 use crate::document::DocumentCache;
 use crate::lifecycle::Lifecycle;

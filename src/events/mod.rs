@@ -7,9 +7,9 @@
 
 pub mod connection_stream;
 pub mod cursor;
+pub mod event_id;
 pub mod frame;
 pub mod hub;
-pub mod ids;
 pub mod relay;
 pub mod subscriber;
 

@@ -10,9 +10,9 @@ use futures_util::{Stream, stream};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::event_id::{EventId, StreamPosition, current_epoch, room_epoch};
 use super::frame;
 use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, holds, read_page, retained, stream_end};
-use super::ids::{EventId, StreamPosition, current_epoch, room_epoch};
 use crate::cache::scripts::GAP;
 use crate::db;
 use crate::error::Error;

@@ -160,7 +160,7 @@ impl TestApp {
     /// A token for `sub` with the given claim, signed with the test secret.
     pub fn token(&self, sub: &str, claim: MetacastClaim) -> String {
         self.state
-            .keys
+            .jwt_keys
             .mint(&TokenRequest {
                 subject: sub.to_owned(),
                 claim,

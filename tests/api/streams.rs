@@ -286,7 +286,7 @@ async fn a_stream_ends_when_its_token_expires(pool: PgPool) {
     app.create_room("lobby", json!({})).await;
     let token = app
         .state
-        .keys
+        .jwt_keys
         .mint(&TokenRequest {
             subject: "brief".into(),
             claim: MetacastClaim {

@@ -103,7 +103,7 @@ async fn a_ticket_lives_no_longer_than_its_token(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let token = app
         .state
-        .keys
+        .jwt_keys
         .mint(&TokenRequest {
             subject: "alice".to_owned(),
             claim: MetacastClaim::default(),
