@@ -20,7 +20,7 @@ use crate::db::sessions;
 use crate::document::cache::{CachedDocument, Lookup};
 use crate::document::{Preconditions, Write, etag};
 use crate::error::{Error, ProblemDetails};
-use crate::events::{self, Event};
+use crate::events::{self, Event, EventKind};
 use crate::extract::{Body, Query};
 use crate::ids::RoomId;
 use crate::presence::{occupancy, teardown};
@@ -459,7 +459,7 @@ async fn write_metadata(
                     metadata: json,
                     read_version: current.version,
                     read_row: current.row,
-                    kind: written.event.kind,
+                    kind: written.event.kind.as_str(),
                     payload,
                 })
                 .await?;
@@ -490,7 +490,7 @@ async fn write_metadata(
         room.as_str(),
         &prepared.json,
         (current.version, current.live, current.row),
-        (prepared.written.event.kind, &prepared.payload),
+        (prepared.written.event.kind.as_str(), &prepared.payload),
     )
     .await?
     .ok_or_else(|| anyhow::anyhow!("room {room} changed under its row lock"))?;
@@ -549,14 +549,14 @@ fn prepare(
     let version = current.version + 1;
     let event = if write.is_reset() {
         Event::new(
-            "room.metadata.deleted",
+            EventKind::RoomMetadataDeleted,
             room.as_str(),
             actor,
             serde_json::json!({"version": version}),
         )
     } else {
         Event::metadata_updated(
-            "room.metadata.updated",
+            EventKind::RoomMetadataUpdated,
             room.as_str(),
             actor,
             (&document, version),

@@ -21,7 +21,7 @@ use crate::db::outbox;
 use crate::db::sessions::{self as db, SessionRow};
 use crate::document::{Preconditions, Write};
 use crate::error::{Error, ProblemDetails};
-use crate::events::{self, Event};
+use crate::events::{self, Event, EventKind};
 use crate::extract::{Body, Query};
 use crate::ids::{RoomId, parse_uuid};
 use crate::presence::occupancy;
@@ -299,7 +299,7 @@ async fn write_metadata(
     )?;
     let stored = db::store_metadata(&mut tx, row.id, &document, row.version + 1).await?;
     let mut event = Event::metadata_updated(
-        "session.metadata.updated",
+        EventKind::SessionMetadataUpdated,
         room.as_str(),
         &access.user.subject,
         (&stored.metadata.0, stored.version),

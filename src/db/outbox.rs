@@ -12,7 +12,7 @@ use crate::events::Event;
 /// sequence number; fills in the event's `outbox` sequence. A room
 /// metadata write records its event in its own UPDATE statement instead
 /// ([`crate::db::rooms::store_metadata`]).
-#[tracing::instrument(skip_all, fields(event = event.kind))]
+#[tracing::instrument(skip_all, fields(event = event.kind.as_str()))]
 pub async fn record(conn: &mut PgConnection, event: &mut Event) -> sqlx::Result<()> {
     // One round trip: the room's next sequence number (its row is already
     // locked by the change) and the row that carries it.
@@ -25,7 +25,7 @@ pub async fn record(conn: &mut PgConnection, event: &mut Event) -> sqlx::Result<
          returning seq",
     )
     .bind(&event.room)
-    .bind(event.kind)
+    .bind(event.kind.as_str())
     .bind(Json(&event.data))
     .fetch_one(conn)
     .await?;

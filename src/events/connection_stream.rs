@@ -24,12 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::SYSTEM_ACTOR;
 use super::cursor;
 use super::event_id::{StreamPosition, current_epoch};
 use super::frame;
 use super::hub::{Delivery, Feed, StoredEvent, read_after, retained, stream_end};
 use super::subscriber::snapshot;
+use super::{EventKind, SYSTEM_ACTOR};
 use crate::auth::AuthUser;
 use crate::auth::policy::{self, RoomView};
 use crate::cache::{Keys, scripts};
@@ -353,7 +353,10 @@ impl ConnStream {
     /// For a room the viewer may not read: this connection's own joins and
     /// leaves, without what they tell of the room.
     fn own_membership(&self, event: &StoredEvent) -> Option<String> {
-        if !matches!(event.kind.as_str(), "presence.joined" | "presence.left") {
+        if !matches!(
+            EventKind::parse(&event.kind),
+            Some(EventKind::PresenceJoined | EventKind::PresenceLeft)
+        ) {
             return None;
         }
         let mut data: Map<String, Value> = serde_json::from_str(&event.data).ok()?;
@@ -368,10 +371,15 @@ impl ConnStream {
     /// Whether a room's event belongs in this stream, following the
     /// connection's own leaves and joins as the room's events tell them.
     fn passes(&mut self, topic: &str, event: &StoredEvent) -> bool {
-        let kind = event.kind.as_str();
+        // Answered with a `sync` before it gets here (`resync_room`).
+        if event.kind == crate::cache::scripts::GAP {
+            return false;
+        }
+        use EventKind::{ConnectionMetadataUpdated, PresenceJoined, PresenceLeft, SessionEnded};
+        let kind = EventKind::parse(&event.kind);
         let about = if matches!(
             kind,
-            "presence.left" | "presence.joined" | "connection.metadata.updated"
+            Some(PresenceLeft | PresenceJoined | ConnectionMetadataUpdated)
         ) {
             serde_json::from_str::<Value>(&event.data).ok()
         } else {
@@ -381,11 +389,9 @@ impl ConnStream {
             .as_ref()
             .is_some_and(|data| data["connection_id"] == self.id.as_str());
         match (kind, own, self.left.get(topic)) {
-            // Answered with a `sync` before it gets here (`resync_room`).
-            (crate::cache::scripts::GAP, _, _) => false,
             // It comes once, from the connection's own topic.
-            ("connection.metadata.updated", true, _) => false,
-            ("presence.left", true, _) => {
+            (Some(ConnectionMetadataUpdated), true, _) => false,
+            (Some(PresenceLeft), true, _) => {
                 let last = about.is_some_and(|data| data["occupancy"] == 0);
                 let state = if last {
                     Left::SessionEnding
@@ -397,11 +403,11 @@ impl ConnStream {
             }
             // In again before the leave's marker came (a join that raced
             // the leave keeps the room in the connection's rooms).
-            ("presence.joined", true, _) => {
+            (Some(PresenceJoined), true, _) => {
                 self.left.remove(topic);
                 true
             }
-            ("session.ended", _, Some(Left::SessionEnding)) => {
+            (Some(SessionEnded), _, Some(Left::SessionEnding)) => {
                 self.left.insert(topic.to_owned(), Left::Done);
                 true
             }

@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod event_id;
 pub mod frame;
 pub mod hub;
+pub mod kind;
 pub mod relay;
 pub mod subscriber;
 
@@ -20,6 +21,7 @@ use crate::cache::scripts;
 use crate::document::{DocumentLimits, Write};
 use crate::error::Error;
 use crate::state::AppState;
+pub use kind::EventKind;
 
 /// The `actor` of changes nobody asked for (lease expiry, reconciliation).
 pub const SYSTEM_ACTOR: &str = "system";
@@ -28,7 +30,7 @@ pub const SYSTEM_ACTOR: &str = "system";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// The SSE event type, e.g. `room.metadata.updated`.
-    pub kind: &'static str,
+    pub kind: EventKind,
     /// Where it is published: a room id, or a connection's topic
     /// (`/conn/<id>`) for its own stream.
     pub room: String,
@@ -40,7 +42,7 @@ pub struct Event {
 
 impl Event {
     /// An event with the common fields plus `fields` (an object).
-    pub fn new(kind: &'static str, room: &str, actor: &str, fields: Value) -> Self {
+    pub fn new(kind: EventKind, room: &str, actor: &str, fields: Value) -> Self {
         let mut data = Map::new();
         data.insert("room".into(), room.into());
         data.insert(
@@ -65,7 +67,7 @@ impl Event {
     /// `connection.metadata.updated`: the full document and the patch as sent
     /// (`null`, with `patch_omitted: true`, when it exceeds `limits`).
     pub fn metadata_updated(
-        kind: &'static str,
+        kind: EventKind,
         room: &str,
         actor: &str,
         (metadata, version): (&Value, i64),
@@ -124,17 +126,14 @@ impl Event {
 pub async fn publish(state: &AppState, events: &[Event]) {
     // Before the caller answers, whatever becomes of the appends: a GET on
     // this instance must not serve what these changes replaced.
-    let document_changed = |event: &&Event| {
-        event.outbox.is_some()
-            && event.kind.starts_with("room.")
-            && !event.kind.starts_with("room.metadata.")
-    };
+    let document_changed =
+        |event: &&Event| event.outbox.is_some() && event.kind.replaces_document_otherwise();
     for event in events.iter().filter(document_changed) {
         state.documents.invalidate(&event.room);
     }
     for event in events {
         if let Err(err) = publish_one(state, event).await {
-            tracing::warn!(error = %err, event = event.kind, room = event.room, "event not appended to Redis");
+            tracing::warn!(error = %err, event = event.kind.as_str(), room = event.room, "event not appended to Redis");
         }
     }
 }
@@ -147,7 +146,7 @@ async fn publish_one(state: &AppState, event: &Event) -> Result<(), Error> {
         Some(seq) => {
             let row = relay::Row {
                 seq,
-                kind: event.kind,
+                kind: event.kind.as_str(),
                 data: event.data.to_string(),
             };
             let results = relay::append_durable(state, &event.room, &[row], false).await?;
@@ -162,7 +161,7 @@ async fn publish_one(state: &AppState, event: &Event) -> Result<(), Error> {
             scripts::APPEND_EPHEMERAL
                 .key(keys.topic_events(&event.room))
                 .arg(history)
-                .arg(event.kind)
+                .arg(event.kind.as_str())
                 .arg(event.data.to_string())
                 .arg(keys.events_channel())
                 .arg(&event.room)
@@ -181,7 +180,7 @@ mod tests {
     #[test]
     fn events_carry_the_common_fields() {
         let event = Event::new(
-            "session.started",
+            EventKind::SessionStarted,
             "lobby",
             "alice",
             json!({"session_id": "s1"}),
@@ -195,7 +194,7 @@ mod tests {
     #[test]
     fn open_payload_takes_more_fields() {
         let event = Event::new(
-            "presence.joined",
+            EventKind::PresenceJoined,
             "lobby",
             "alice",
             json!({"metadata": {"n": 1}}),

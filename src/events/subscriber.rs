@@ -10,6 +10,7 @@ use futures_util::{Stream, stream};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::EventKind;
 use super::event_id::{EventId, StreamPosition, current_epoch, room_epoch};
 use super::frame;
 use super::hub::{Delivery, Feed, LiveEvent, StoredEvent, holds, read_page, retained, stream_end};
@@ -149,7 +150,7 @@ impl Session {
 
     fn replayed(&mut self, event: &StoredEvent) -> Bytes {
         self.position = event.position;
-        self.ended = event.kind == "room.deleted";
+        self.ended = event.kind == EventKind::RoomDeleted.as_str();
         event.room_frame(&self.epoch)
     }
 
@@ -160,7 +161,7 @@ impl Session {
             return self.replayed(&live.event);
         }
         self.position = live.event.position;
-        self.ended = live.event.kind == "room.deleted";
+        self.ended = live.event.kind == EventKind::RoomDeleted.as_str();
         live.frame().clone()
     }
 }

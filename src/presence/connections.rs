@@ -13,7 +13,7 @@ use super::occupancy;
 use crate::cache::scripts;
 use crate::document::{Preconditions, Write};
 use crate::error::Error;
-use crate::events::{self, Event};
+use crate::events::{self, Event, EventKind};
 use crate::state::AppState;
 
 /// How many times a metadata write retries when another write got in first.
@@ -239,7 +239,7 @@ pub async fn write_metadata(
 async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Write, actor: &str) {
     let updated = |room: &str| {
         Event::metadata_updated(
-            "connection.metadata.updated",
+            EventKind::ConnectionMetadataUpdated,
             room,
             actor,
             (&conn.metadata, conn.version),
@@ -277,7 +277,7 @@ async fn publish_metadata_update(state: &AppState, conn: &Connection, write: &Wr
         // Logged, not returned, as `events::publish` does: the write has
         // happened, and streams resync after a Redis outage.
         if let Err(err) = recorded {
-            tracing::warn!(error = %err, event = event.kind, room, "event not appended to Redis");
+            tracing::warn!(error = %err, event = event.kind.as_str(), room, "event not appended to Redis");
         }
     }
 }

@@ -16,7 +16,7 @@ use super::occupancy::{index_session, undo_join, unindex_session};
 use super::sessions;
 use crate::cache::{Keys, scripts};
 use crate::error::Error;
-use crate::events::{self, Event};
+use crate::events::{self, Event, EventKind};
 use crate::ids::RoomId;
 use crate::state::AppState;
 
@@ -81,7 +81,7 @@ pub async fn join(
         other => return Err(anyhow::anyhow!("unexpected ATTACH answer {other}").into()),
     }
     let joined_event = Event::new(
-        "presence.joined",
+        EventKind::PresenceJoined,
         room.as_str(),
         actor,
         json!({"connection_id": conn.id, "owner": conn.owner}),

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::sessions;
 use crate::cache::{Keys, scripts};
 use crate::error::Error;
-use crate::events::{self, Event};
+use crate::events::{self, Event, EventKind};
 use crate::state::AppState;
 
 /// A room remembers a departed connection at least this long: any join of
@@ -213,7 +213,12 @@ pub async fn leave(
     remover: Remover<'_>,
     actor: &str,
 ) -> Result<Leave, Error> {
-    let left_event = Event::new("presence.left", room, actor, json!({"connection_id": id}));
+    let left_event = Event::new(
+        EventKind::PresenceLeft,
+        room,
+        actor,
+        json!({"connection_id": id}),
+    );
     let payload = left_event.open_payload();
     let caller = matches!(remover, Remover::Caller { .. });
     let mut outcome = leave_script(state, room, id, &payload, remover, None).await?;

@@ -18,7 +18,7 @@ use crate::cache::scripts;
 use crate::db::sessions::SessionRow;
 use crate::db::{outbox, rooms, sessions};
 use crate::error::Error;
-use crate::events::Event;
+use crate::events::{Event, EventKind};
 use crate::ids::RoomId;
 use crate::state::AppState;
 
@@ -98,7 +98,7 @@ pub async fn start(
         .collect();
     if sessions::insert(&mut tx, session_id, room.as_str(), started_at).await? {
         events.push(Event::new(
-            "session.started",
+            EventKind::SessionStarted,
             room.as_str(),
             actor,
             json!({"session_id": session_id, "occupancy": occupancy}),
@@ -190,7 +190,7 @@ async fn record_ended(
 /// `session.ended` for a row that was just ended.
 fn ended_event(row: &SessionRow, actor: &str) -> Event {
     Event::new(
-        "session.ended",
+        EventKind::SessionEnded,
         &row.room,
         actor,
         json!({

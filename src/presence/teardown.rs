@@ -12,7 +12,7 @@ use crate::cache::scripts;
 use crate::db::rooms::RoomRow;
 use crate::db::{self, outbox};
 use crate::error::Error;
-use crate::events::{self, Event};
+use crate::events::{self, Event, EventKind};
 use crate::ids::RoomId;
 use crate::state::AppState;
 
@@ -36,7 +36,11 @@ pub async fn evict_all(state: &AppState, room: &str, actor: &str) -> Result<(), 
 /// Clears a room: everyone out, the session ended, then `room.cleared`.
 pub async fn clear(state: &AppState, room: &str, actor: &str) -> Result<(), Error> {
     evict_all(state, room, actor).await?;
-    events::publish(state, &[Event::new("room.cleared", room, actor, json!({}))]).await;
+    events::publish(
+        state,
+        &[Event::new(EventKind::RoomCleared, room, actor, json!({}))],
+    )
+    .await;
     Ok(())
 }
 
@@ -89,7 +93,7 @@ async fn delete_fenced(
     check(row.version)?;
     let mut durable = sessions::end_all(&mut tx, id, actor).await?;
     db::rooms::tombstone(&mut tx, id).await?;
-    let mut deleted = Event::new("room.deleted", id, actor, json!({}));
+    let mut deleted = Event::new(EventKind::RoomDeleted, id, actor, json!({}));
     outbox::record(&mut tx, &mut deleted).await?;
     durable.push(deleted);
     tx.commit().await?;

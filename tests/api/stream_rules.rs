@@ -83,7 +83,7 @@ async fn a_replayed_deletion_ends_the_stream(pool: PgPool) {
 #[sqlx::test]
 async fn a_stream_that_fell_behind_past_the_deletion_ends(pool: PgPool) {
     use metacast::events::subscriber::{self, Start};
-    use metacast::events::{self, Event};
+    use metacast::events::{self, Event, EventKind};
 
     let app = TestApp::new(pool).await;
     // The wake-up subscription that feeds this instance's hub.
@@ -98,7 +98,12 @@ async fn a_stream_that_fell_behind_past_the_deletion_ends(pool: PgPool) {
     for _ in 0..1_000 {
         events::publish(
             &app.state,
-            &[Event::new("room.cleared", "lobby", "load", json!({}))],
+            &[Event::new(
+                EventKind::RoomCleared,
+                "lobby",
+                "load",
+                json!({}),
+            )],
         )
         .await;
     }

@@ -338,7 +338,7 @@ async fn a_slow_subscriber_gets_a_sync_instead_of_an_unbounded_backlog(pool: PgP
     use futures_util::StreamExt;
     use metacast::events::hub::FEED_CAPACITY;
     use metacast::events::subscriber::{self, Start};
-    use metacast::events::{self, Event};
+    use metacast::events::{self, Event, EventKind};
 
     let app = TestApp::new(pool).await;
     // The wake-up subscription that feeds this instance's hub.
@@ -354,7 +354,12 @@ async fn a_slow_subscriber_gets_a_sync_instead_of_an_unbounded_backlog(pool: PgP
     for _ in 0..1_000 {
         events::publish(
             &app.state,
-            &[Event::new("room.cleared", "lobby", "load", json!({}))],
+            &[Event::new(
+                EventKind::RoomCleared,
+                "lobby",
+                "load",
+                json!({}),
+            )],
         )
         .await;
     }
