@@ -2,7 +2,7 @@
 
 /// What happened, for an event metacast produces. Events read back from Redis
 /// carry their type as the text written here (or one only a script writes:
-/// `gap`, `membership.*`), compared with [`EventKind::as_str`].
+/// `gap`, `membership.*`), read with [`EventKind::parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     RoomMetadataUpdated,
@@ -56,12 +56,6 @@ impl EventKind {
     /// document in its cache itself.
     pub const fn replaces_document_otherwise(self) -> bool {
         matches!(self, Self::RoomCleared | Self::RoomDeleted)
-    }
-}
-
-impl std::fmt::Display for EventKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
