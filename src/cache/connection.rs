@@ -15,7 +15,8 @@ use anyhow::{Context, bail};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 
@@ -107,6 +108,7 @@ pub fn connect(settings: &Settings) -> anyhow::Result<Redis> {
             .max_retry_wait(200)
             .connection_timeout(CONNECTION_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
+            .tcp_settings(tcp_settings())
             .build()
             .context("REDIS_URL: not a valid list of Redis Cluster seed nodes")?;
         return Ok(Redis::Cluster(LazyCluster(Arc::new(ClusterState {
@@ -114,7 +116,7 @@ pub fn connect(settings: &Settings) -> anyhow::Result<Redis> {
             connection: OnceCell::new(),
         }))));
     }
-    let client = redis::Client::open(nodes[0]).context("REDIS_URL is not a valid redis:// URL")?;
+    let client = open(nodes[0])?;
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(50))
@@ -129,13 +131,23 @@ pub fn connect(settings: &Settings) -> anyhow::Result<Redis> {
 /// or each seed node of the cluster. A cluster forwards every classic
 /// PUBLISH to all its nodes, so one subscription on any node hears them all.
 pub fn subscription_clients(settings: &Settings) -> anyhow::Result<Vec<redis::Client>> {
-    node_urls(settings)?
-        .into_iter()
-        .map(|url| {
-            redis::Client::open(url)
-                .with_context(|| format!("REDIS_URL: {url:?} is not a valid redis:// URL"))
-        })
-        .collect()
+    node_urls(settings)?.into_iter().map(open).collect()
+}
+
+/// A client for one node, its commands sent as soon as they are written.
+fn open(url: &str) -> anyhow::Result<redis::Client> {
+    let info = url
+        .into_connection_info()
+        .with_context(|| format!("REDIS_URL: {url:?} is not a valid redis:// URL"))?;
+    Ok(redis::Client::open(info.set_tcp_settings(tcp_settings()))?)
+}
+
+/// `TCP_NODELAY`, which redis-rs leaves off: with Nagle's algorithm a
+/// command written while an earlier one is unacknowledged, or the tail of
+/// one larger than a segment, waits for Redis' ACK, which Redis may delay
+/// by 40 ms when it has nothing to answer yet.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 /// The URLs in `REDIS_URL`: exactly one without cluster mode, at least one with.

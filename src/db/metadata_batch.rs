@@ -24,10 +24,9 @@ use crate::lifecycle::Lifecycle;
 
 /// Writes one statement carries at most.
 const BATCH: usize = 64;
-/// Bytes of documents and events one statement carries at most (a larger
-/// write runs on its own connection). sqlx does not set `TCP_NODELAY`: a statement
-/// larger than one TLS record (16 KiB) goes out in two writes, and the
-/// second waits for Postgres' delayed ACK of the first, ~40 ms.
+/// Bytes of documents and events one statement carries at most: a larger
+/// write runs on its own connection, so a large document never holds up the
+/// small writes queued behind it.
 const BATCH_BYTES: usize = 12 * 1024;
 /// How long an idle lane keeps its connection.
 const LINGER: Duration = Duration::from_millis(50);

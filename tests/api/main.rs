@@ -36,6 +36,7 @@ mod read_rule;
 mod relay_bounds;
 mod rooms;
 mod slow_bodies;
+mod sockets;
 mod sse;
 #[path = "../common/sse_text.rs"]
 mod sse_text;
