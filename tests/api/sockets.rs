@@ -16,26 +16,32 @@ use crate::helpers::TestApp;
 #[sqlx::test]
 async fn redis_and_postgres_connections_disable_nagle(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    // Each server names the client end of the connection it was asked on.
+    // Each server names both ends of the connection it was asked on.
     let client: String = redis::cmd("CLIENT")
         .arg("INFO")
         .query_async(&mut app.state.redis.clone())
         .await
         .unwrap();
-    let redis_port = client
-        .split(' ')
-        .find_map(|field| field.strip_prefix("addr="))
-        .and_then(|addr| addr.parse::<SocketAddr>().ok())
-        .unwrap_or_else(|| panic!("no addr in CLIENT INFO: {client}"))
-        .port();
-    let postgres_port: i32 = sqlx::query_scalar("select inet_client_port()")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
+    let end = |name: &str| {
+        client
+            .split(' ')
+            .find_map(|field| field.strip_prefix(name))
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no {name} in CLIENT INFO: {client}"))
+    };
+    let to_redis = (end("addr="), end("laddr="));
+    let (local, peer): (String, String) = sqlx::query_as(
+        "select host(inet_client_addr()) || ':' || inet_client_port(),
+                host(inet_server_addr()) || ':' || inet_server_port()",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    let to_postgres = (local.parse().unwrap(), peer.parse().unwrap());
 
-    for (server, port) in [("Redis", redis_port), ("Postgres", postgres_port as u16)] {
-        let socket = own_socket_bound_to(port)
-            .unwrap_or_else(|| panic!("no socket of this process on local port {port}"));
+    for (server, ends) in [("Redis", to_redis), ("Postgres", to_postgres)] {
+        let socket = own_socket(ends)
+            .unwrap_or_else(|| panic!("no socket of this process from {} to {}", ends.0, ends.1));
         assert!(
             rustix::net::sockopt::tcp_nodelay(&socket).unwrap(),
             "the connection to {server} leaves Nagle's algorithm on"
@@ -43,17 +49,22 @@ async fn redis_and_postgres_connections_disable_nagle(pool: PgPool) {
     }
 }
 
-/// A duplicate of this process' socket whose local port is `port`.
-fn own_socket_bound_to(port: u16) -> Option<OwnedFd> {
+/// A duplicate of this process' socket from `local` to `peer`: the same
+/// local port can serve connections to different servers.
+fn own_socket((local, peer): (SocketAddr, SocketAddr)) -> Option<OwnedFd> {
     let process = pidfd_open(getpid(), PidfdFlags::empty()).unwrap();
+    let inet = |addr: rustix::net::SocketAddrAny| SocketAddr::try_from(addr).ok();
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
         .filter_map(|fd| pidfd_getfd(&process, fd, PidfdGetfdFlags::empty()).ok())
         .find(|socket| {
-            rustix::net::getsockname(socket)
-                .ok()
-                .and_then(|addr| SocketAddr::try_from(addr).ok())
-                .is_some_and(|addr| addr.port() == port)
+            let ends = rustix::net::getsockname(socket).ok().and_then(inet).zip(
+                rustix::net::getpeername(socket)
+                    .ok()
+                    .flatten()
+                    .and_then(inet),
+            );
+            ends == Some((local, peer))
         })
 }
