@@ -505,7 +505,8 @@ async fn write_metadata(
 
 /// A write applied to the document it started from, ready to store.
 struct Prepared {
-    /// The new document and the event's data, as Postgres stores them.
+    /// The new document and the event's outbox payload, as Postgres stores
+    /// them.
     json: Box<RawValue>,
     payload: Box<RawValue>,
     written: Written,
@@ -566,7 +567,8 @@ fn prepare(
         )
     };
     let json = serde_json::value::to_raw_value(&document).map_err(anyhow::Error::from)?;
-    let payload = serde_json::value::to_raw_value(&event.data).map_err(anyhow::Error::from)?;
+    let payload =
+        serde_json::value::to_raw_value(&event.outbox_payload()).map_err(anyhow::Error::from)?;
     Ok(Prepared {
         written: Written {
             json: bytes::Bytes::copy_from_slice(json.get().as_bytes()),

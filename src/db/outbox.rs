@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
 
-use crate::events::Event;
+use crate::events::{Event, EventKind};
 
 /// Records `event` in the current transaction with the room's next
 /// sequence number; fills in the event's `outbox` sequence. A room
@@ -26,10 +26,24 @@ pub async fn record(conn: &mut PgConnection, event: &mut Event) -> sqlx::Result<
     )
     .bind(&event.room)
     .bind(event.kind.as_str())
-    .bind(Json(&event.data))
+    .bind(Json(event.outbox_payload()))
     .fetch_one(conn)
     .await?;
     event.outbox = Some(seq);
+    Ok(())
+}
+
+/// Puts the whole of `event` (the document too) back into its row: what a
+/// writer does when the event did not reach Redis, for the document before
+/// it, which the relay would otherwise rebuild it from, may not survive
+/// the outage ([`crate::events::replay`]).
+pub async fn keep_whole(executor: impl PgExecutor<'_>, event: &Event) -> sqlx::Result<()> {
+    sqlx::query("update outbox set payload = $3 where room = $1 and seq = $2")
+        .bind(&event.room)
+        .bind(event.outbox)
+        .bind(Json(&event.data))
+        .execute(executor)
+        .await?;
     Ok(())
 }
 
@@ -42,7 +56,31 @@ pub struct PendingRow {
     pub seq: i64,
     pub event_type: String,
     pub payload: String,
+    /// For a `room.metadata.updated`, whose row leaves its document out
+    /// ([`Event::outbox_payload`]): the room's document, while the room is
+    /// still at the event's version (so this is the very document the event
+    /// announced: a live room's version counts every change of it).
+    pub document: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// Pending rows, with the document of each that left it out while the
+/// room still holds it. `$1`: the event type that leaves it out.
+macro_rules! pending_rows {
+    ($where:literal $(, $limit:literal)?) => {
+        concat!(
+            "select o.room, o.seq, o.event_type, o.payload::text as payload,
+                    case when o.event_type = $1 and not o.payload ? 'metadata'
+                              and r.deleted_at is null
+                              and o.payload->'version' = to_jsonb(r.version)
+                         then r.metadata::text end as document,
+                    o.created_at
+             from outbox o left join rooms r on r.id = o.room ",
+            $where,
+            " order by o.room, o.seq"
+            $(, " limit ", $limit)?
+        )
+    };
 }
 
 /// Every pending row, in sequence order, of each room that has one older
@@ -54,15 +92,14 @@ pub async fn pending(
     min_age_ms: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<PendingRow>> {
-    sqlx::query_as(
-        "select room, seq, event_type, payload::text as payload, created_at from outbox
-         where room in (
+    sqlx::query_as(pending_rows!(
+        "where o.room in (
              select room from outbox
-             where created_at < now() - make_interval(secs => $1 / 1000.0)
-         )
-         order by room, seq
-         limit $2",
-    )
+             where created_at < now() - make_interval(secs => $2 / 1000.0)
+         )",
+        "$3"
+    ))
+    .bind(EventKind::RoomMetadataUpdated.as_str())
     .bind(min_age_ms as f64)
     .bind(limit)
     .fetch_all(executor)
@@ -75,15 +112,12 @@ pub async fn pending_in_room(
     room: &str,
     seq: i64,
 ) -> sqlx::Result<Vec<PendingRow>> {
-    sqlx::query_as(
-        "select room, seq, event_type, payload::text as payload, created_at from outbox
-         where room = $1 and seq <= $2
-         order by seq",
-    )
-    .bind(room)
-    .bind(seq)
-    .fetch_all(executor)
-    .await
+    sqlx::query_as(pending_rows!("where o.room = $2 and o.seq <= $3"))
+        .bind(EventKind::RoomMetadataUpdated.as_str())
+        .bind(room)
+        .bind(seq)
+        .fetch_all(executor)
+        .await
 }
 
 /// How many rows wait for publication (a metric).

@@ -112,6 +112,16 @@ impl Write {
         Ok(write)
     }
 
+    /// A write as its change event recorded it (`strategy` and `patch`),
+    /// to apply again; `None` for a patch the strategy cannot take.
+    pub fn recorded(strategy: Strategy, patch: Value) -> Option<Self> {
+        let mut write = Self::new(strategy, patch);
+        if strategy == Strategy::JsonPatch {
+            write.operations = serde_json::from_value(write.sent.clone()).ok()?;
+        }
+        Some(write)
+    }
+
     fn new(strategy: Strategy, sent: Value) -> Self {
         Self {
             strategy,

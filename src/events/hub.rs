@@ -384,19 +384,45 @@ pub async fn read_page(
         .arg(READ_BATCH)
         .query_async(&mut conn)
         .await?;
-    let read = reply.ids.len();
-    let events = reply
-        .ids
-        .into_iter()
-        .filter_map(|entry| {
-            Some(StoredEvent {
-                position: StreamPosition::parse(&entry.id)?,
-                kind: entry.get("type").unwrap_or_default(),
-                data: entry.get("data").unwrap_or_default(),
+    Ok(Page::from(reply))
+}
+
+/// The page of the room's stream before `before` (its newest entries when
+/// `None`), newest first.
+pub async fn read_page_back(
+    redis: &Redis,
+    keys: &Keys,
+    room: &str,
+    before: Option<StreamPosition>,
+) -> redis::RedisResult<Page> {
+    let mut conn = redis.clone();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys.topic_events(room))
+        .arg(before.map_or_else(|| "+".to_owned(), |position| format!("({position}")))
+        .arg("-")
+        .arg("COUNT")
+        .arg(READ_BATCH)
+        .query_async(&mut conn)
+        .await?;
+    Ok(Page::from(reply))
+}
+
+impl From<redis::streams::StreamRangeReply> for Page {
+    fn from(reply: redis::streams::StreamRangeReply) -> Self {
+        let read = reply.ids.len();
+        let events = reply
+            .ids
+            .into_iter()
+            .filter_map(|entry| {
+                Some(StoredEvent {
+                    position: StreamPosition::parse(&entry.id)?,
+                    kind: entry.get("type").unwrap_or_default(),
+                    data: entry.get("data").unwrap_or_default(),
+                })
             })
-        })
-        .collect();
-    Ok(Page { events, read })
+            .collect();
+        Self { events, read }
+    }
 }
 
 /// What a stream still holds of its history.

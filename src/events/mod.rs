@@ -12,6 +12,7 @@ pub mod frame;
 pub mod hub;
 pub mod kind;
 pub mod relay;
+pub mod replay;
 pub mod subscriber;
 
 use chrono::{SecondsFormat, Utc};
@@ -105,6 +106,21 @@ impl Event {
         }
     }
 
+    /// What the outbox row of this durable event holds: its data less what
+    /// the room's row holds anyway, so a metadata write stores its document
+    /// once. A `room.metadata.updated` leaves out its document; the relay
+    /// puts it back ([`relay::Row`]s come from [`replay`]).
+    pub fn outbox_payload(&self) -> impl serde::Serialize + '_ {
+        let omitted: &[&str] = match self.kind {
+            EventKind::RoomMetadataUpdated => &["metadata"],
+            _ => &[],
+        };
+        OutboxPayload {
+            data: &self.data,
+            omitted,
+        }
+    }
+
     /// The JSON of `data` without its closing brace, so a Lua script can
     /// append fields only it knows (the occupancy after the change) without
     /// decoding, and so without re-encoding, the user's document.
@@ -115,13 +131,32 @@ impl Event {
     }
 }
 
+/// An event's data less some of its fields.
+struct OutboxPayload<'a> {
+    data: &'a Value,
+    omitted: &'a [&'a str],
+}
+
+impl serde::Serialize for OutboxPayload<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.data {
+            Value::Object(map) => serializer.collect_map(
+                map.iter()
+                    .filter(|(name, _)| !self.omitted.contains(&name.as_str())),
+            ),
+            data => data.serialize(serializer),
+        }
+    }
+}
+
 /// Appends events of changes that already happened to their rooms' streams,
 /// in order, waking every instance's feeds (and invalidating their cached
 /// room documents; this instance's at once, except for a metadata write's,
 /// whose writer stores the new document itself). Durable events go through the
 /// sequence guard and, once in Redis, are deleted from the outbox.
 /// A Redis failure is logged, not returned: durable events wait in the
-/// outbox for the relay; ephemeral ones are lost with the outage, which
+/// outbox for the relay (a metadata event's row made whole first, see
+/// [`replay`]); ephemeral ones are lost with the outage, which
 /// stream clients learn from the `sync` they get when it ends.
 pub async fn publish(state: &AppState, events: &[Event]) {
     // Before the caller answers, whatever becomes of the appends: a GET on
@@ -134,6 +169,12 @@ pub async fn publish(state: &AppState, events: &[Event]) {
     for event in events {
         if let Err(err) = publish_one(state, event).await {
             tracing::warn!(error = %err, event = event.kind.as_str(), room = event.room, "event not appended to Redis");
+            if event.outbox.is_some()
+                && event.kind == EventKind::RoomMetadataUpdated
+                && let Err(err) = crate::db::outbox::keep_whole(&state.db, event).await
+            {
+                tracing::warn!(error = %err, room = event.room, "outbox row not made whole; the relay rebuilds the event if it can");
+            }
         }
     }
 }

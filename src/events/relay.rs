@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::replay;
 use crate::cache::scripts;
 use crate::db::outbox::{self, PendingRow};
 use crate::error::Error;
@@ -75,7 +76,8 @@ pub async fn append_durable(
 /// unpublished row can only be rows that no longer exist in Redis.
 pub async fn catch_up(state: &AppState, room: &str, seq: i64) -> Result<(), Error> {
     let rows = outbox::pending_in_room(&state.db, room, seq).await?;
-    let results = append_durable(state, room, &appendable(&rows), true).await?;
+    let appendable = replay::rows(state, room, &rows).await;
+    let results = append_durable(state, room, &appendable, true).await?;
     for (row, result) in rows.iter().zip(results) {
         if result >= 0 {
             state.outbox_marks.mark(room, row.seq);
@@ -146,17 +148,6 @@ pub fn spawn(state: AppState) {
     });
 }
 
-/// Outbox rows as the append script takes them.
-fn appendable(rows: &[PendingRow]) -> Vec<Row<'_>> {
-    rows.iter()
-        .map(|row| Row {
-            seq: row.seq,
-            kind: &row.event_type,
-            data: row.payload.clone(),
-        })
-        .collect()
-}
-
 /// Whether Redis refused the append itself (a script error, a key of the
 /// wrong type), so that trying again cannot help, as opposed to an outage.
 fn cannot_append(err: &redis::RedisError) -> bool {
@@ -175,7 +166,8 @@ pub async fn relay_once(state: &AppState) -> Result<usize, Error> {
         // Forced: these rows are the oldest unpublished of their room, so a
         // gap before them can only be rows that no longer exist. A room
         // whose append fails waits for the next round; the others go on.
-        match append_durable(state, room, &appendable(group), true).await {
+        let appendable = replay::rows(state, room, group).await;
+        match append_durable(state, room, &appendable, true).await {
             Ok(_) => {
                 rooms.extend(group.iter().map(|row| row.room.clone()));
                 seqs.extend(group.iter().map(|row| row.seq));

@@ -11,18 +11,22 @@ use sqlx::PgPool;
 use crate::helpers::TestApp;
 use crate::sse;
 
-/// Commits an outbox row the way a durable write does, backdated, as if the
-/// process died right after the commit and never published it.
+/// Commits a metadata write the way the write path does (the room's row and
+/// its narrow outbox row, in one transaction), backdated, as if the process
+/// died right after the commit and never published it.
 async fn orphan_event(app: &TestApp, room: &str, n: i64) -> i64 {
     let mut tx = app.state.db.begin().await.unwrap();
-    let (seq,): (i64,) = sqlx::query_as(
-        "update rooms set event_seq = event_seq + 1 where id = $1 returning event_seq",
+    let (seq, version): (i64, i64) = sqlx::query_as(
+        "update rooms set metadata = jsonb_build_object('n', $2::bigint), version = version + 1,
+                          event_seq = event_seq + 1
+         where id = $1 returning event_seq, version",
     )
     .bind(room)
+    .bind(n)
     .fetch_one(&mut *tx)
     .await
     .unwrap();
-    let payload = json!({"room": room, "at": "2026-11-22T00:00:00Z", "actor": "ghost", "version": 100 + n, "metadata": {"n": n}, "patch": {"n": n}, "strategy": "merge"});
+    let payload = json!({"room": room, "at": "2026-11-22T00:00:00Z", "actor": "ghost", "version": version, "patch": {"n": n}, "strategy": "merge"});
     sqlx::query(
         "insert into outbox (room, seq, event_type, payload, created_at)
          values ($1, $2, 'room.metadata.updated', $3, now() - interval '10 seconds')",
@@ -134,4 +138,32 @@ async fn a_later_write_appends_a_missing_earlier_event_first(pool: PgPool) {
         waited += 1;
     }
     assert_eq!(relay_once(&app.state).await.unwrap(), 0);
+}
+
+/// The outbox row leaves the document to the room's row and the stream: an
+/// event that cannot be rebuilt exactly (here Redis lost the room's stream
+/// and the room has moved on) reaches the stream as a gap, so its streams
+/// start again from a snapshot instead of missing it.
+#[sqlx::test]
+async fn an_event_that_cannot_be_rebuilt_is_relayed_as_a_gap(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create_room("lobby", json!({})).await;
+    app.outbox_drained().await;
+    let mut redis = app.state.redis.clone();
+    let keys = &app.state.redis_keys;
+    let _: () = redis::cmd("DEL")
+        .arg(keys.room_events("lobby"))
+        .arg(keys.room_published_seq("lobby"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    orphan_event(&app, "lobby", 1).await;
+    orphan_event(&app, "lobby", 2).await;
+    assert_eq!(relay_once(&app.state).await.unwrap(), 2);
+    let events = app.events("lobby").await;
+    let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["gap", "room.metadata.updated"], "{events:?}");
+    assert_eq!(events[1].1["metadata"], json!({"n": 2}));
+    assert_eq!(unpublished(&app).await, 0);
 }
