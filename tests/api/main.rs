@@ -25,6 +25,7 @@ mod helpers;
 #[path = "../common/history.rs"]
 mod history;
 mod history_bounds;
+mod lanes;
 mod lifecycle;
 mod openapi;
 mod ops;
