@@ -37,7 +37,7 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
     );
     let outbox_marks = OutboxMarks::spawn(db.clone(), lifecycle.clone());
     let metadata_batches = MetadataBatches::spawn(db.clone(), METADATA_LANES, lifecycle.clone());
-    Ok(AppState {
+    Ok(AppState::new(crate::state::Shared {
         bounds: crate::bounds::Bounds::new(&settings),
         db,
         redis,
@@ -50,7 +50,7 @@ pub fn build_state(settings: Settings, db: PgPool, redis: Redis) -> anyhow::Resu
         outbox_marks,
         metadata_batches,
         metrics: crate::metrics::handle(),
-    })
+    }))
 }
 
 /// Connects to Postgres (creating and migrating the database) and Redis.

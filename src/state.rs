@@ -1,4 +1,5 @@
-//! The state every handler shares; cheap to clone.
+//! The state every handler shares. Cloned for every request (axum hands
+//! each extractor its own copy), so a clone is one reference count.
 
 use std::sync::Arc;
 
@@ -17,7 +18,24 @@ use crate::events::relay::OutboxMarks;
 use crate::lifecycle::Lifecycle;
 
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub db: PgPool,
     pub redis: Redis,
     /// Names of this instance's Redis keys (under the configured prefix).
