@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::claims::{Claims, MetacastClaim, Permissions};
+use super::verified::VerifiedTokens;
 
 /// The shortest HS256 secret we accept (RFC 7518 §3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -43,6 +44,7 @@ pub struct JwtKeys {
     validations: HashMap<Algorithm, Validation>,
     issuer: Option<String>,
     audience: Option<String>,
+    verified: VerifiedTokens,
 }
 
 /// A verified token.
@@ -102,6 +104,7 @@ impl JwtKeys {
             hmac,
             public,
             validations,
+            verified: VerifiedTokens::new(LEEWAY_SECONDS),
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
         })
@@ -111,6 +114,12 @@ impl JwtKeys {
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, String> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(format!("the token is larger than {MAX_TOKEN_BYTES} bytes"));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if let Some(verified) = self.verified.get(token, now) {
+            return Ok(verified);
         }
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| "the token is malformed".to_owned())?;
@@ -142,11 +151,13 @@ impl JwtKeys {
         }
         let permissions = Permissions::from_claim(&claims.metacast)
             .map_err(|reason| format!("the metacast claim is invalid: {reason}"))?;
-        Ok(VerifiedToken {
+        let verified = VerifiedToken {
             subject: claims.sub,
             permissions,
             expires_at: claims.exp,
-        })
+        };
+        self.verified.insert(token, &verified);
+        Ok(verified)
     }
 
     fn public_key(&self, kid: Option<&str>) -> Result<&PublicKey, String> {

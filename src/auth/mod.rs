@@ -6,6 +6,7 @@ mod keys;
 pub mod policy;
 mod ranges;
 mod ticket;
+mod verified;
 
 pub use claims::{Action, Claims, MetacastClaim, Permissions, RoomPattern};
 pub use extract::{
