@@ -39,10 +39,8 @@ pub async fn find(executor: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Optio
 }
 
 /// A live room's version, document as Postgres prints it, event sequence
-/// number and row version (`xmin`), or `None`: what
-/// a metadata GET sends, without parsing the document into a `Value` only to
-/// print it again (`perf` during R1 of `bench/run`: that parse and print took
-/// half of serde_json's ~4 % of the server's CPU, plus their allocations).
+/// number and row version (`xmin`), or `None`: what a metadata GET sends,
+/// without parsing the document into a `Value` only to print it again.
 #[tracing::instrument(skip_all, fields(room_id = id))]
 pub async fn find_document(
     executor: impl PgExecutor<'_>,
