@@ -375,16 +375,8 @@ pub async fn read_page(
     room: &str,
     position: StreamPosition,
 ) -> redis::RedisResult<Page> {
-    let mut conn = redis.clone();
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(keys.topic_events(room))
-        .arg(format!("({position}"))
-        .arg("+")
-        .arg("COUNT")
-        .arg(READ_BATCH)
-        .query_async(&mut conn)
-        .await?;
-    Ok(Page::from(reply))
+    let after = format!("({position}");
+    read_range(redis, keys, room, ("XRANGE", &after, "+")).await
 }
 
 /// The page of the room's stream before `before` (its newest entries when
@@ -395,11 +387,23 @@ pub async fn read_page_back(
     room: &str,
     before: Option<StreamPosition>,
 ) -> redis::RedisResult<Page> {
+    let before = before.map_or_else(|| "+".to_owned(), |position| format!("({position}"));
+    read_range(redis, keys, room, ("XREVRANGE", &before, "-")).await
+}
+
+/// Up to [`READ_BATCH`] entries of the room's stream: `XRANGE` or
+/// `XREVRANGE` from one end of the range to the other.
+async fn read_range(
+    redis: &Redis,
+    keys: &Keys,
+    room: &str,
+    (command, from, to): (&str, &str, &str),
+) -> redis::RedisResult<Page> {
     let mut conn = redis.clone();
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+    let reply: redis::streams::StreamRangeReply = redis::cmd(command)
         .arg(keys.topic_events(room))
-        .arg(before.map_or_else(|| "+".to_owned(), |position| format!("({position}")))
-        .arg("-")
+        .arg(from)
+        .arg(to)
         .arg("COUNT")
         .arg(READ_BATCH)
         .query_async(&mut conn)

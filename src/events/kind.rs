@@ -51,6 +51,12 @@ impl EventKind {
         }
     }
 
+    /// Whether a durable event of this type leaves its `metadata` out of
+    /// its outbox row, the room's row holding it ([`super::replay`]).
+    pub const fn leaves_document_to_room(self) -> bool {
+        matches!(self, Self::RoomMetadataUpdated)
+    }
+
     /// Whether a durable event of this type replaces the room's document
     /// some other way than a metadata write, whose writer stores the new
     /// document in its cache itself.

@@ -111,9 +111,10 @@ impl Event {
     /// once. A `room.metadata.updated` leaves out its document; the relay
     /// puts it back ([`relay::Row`]s come from [`replay`]).
     pub fn outbox_payload(&self) -> impl serde::Serialize + '_ {
-        let omitted: &[&str] = match self.kind {
-            EventKind::RoomMetadataUpdated => &["metadata"],
-            _ => &[],
+        let omitted: &[&str] = if self.kind.leaves_document_to_room() {
+            &["metadata"]
+        } else {
+            &[]
         };
         OutboxPayload {
             data: &self.data,
@@ -170,7 +171,7 @@ pub async fn publish(state: &AppState, events: &[Event]) {
         if let Err(err) = publish_one(state, event).await {
             tracing::warn!(error = %err, event = event.kind.as_str(), room = event.room, "event not appended to Redis");
             if event.outbox.is_some()
-                && event.kind == EventKind::RoomMetadataUpdated
+                && event.kind.leaves_document_to_room()
                 && let Err(err) = crate::db::outbox::keep_whole(&state.db, event).await
             {
                 tracing::warn!(error = %err, room = event.room, "outbox row not made whole; the relay rebuilds the event if it can");
